@@ -1,0 +1,50 @@
+"""structconv: Structured Convolutions for Efficient Neural Network Design (NeurIPS 2020) in PyTorch.
+
+Typical use::
+
+    import structconv as sc
+    model = sc.structurize(torchvision.models.resnet18(), ratio=2.0)   # training form
+    loss = task_loss + lam * sc.structural_regularization(model)        # Step 1 (Eq. 3)
+    deployed = sc.decompose(model)                                      # Step 2: sum-pool + small conv
+    print(sc.count_ops(deployed, (1, 3, 224, 224)))
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from .basis import CompositeBasis, StructuredBasis
+from .complexity import OpsReport, count_ops
+from .convert import StructurePlan, StructureSpec, decompose, plan, structurize
+from .functional import box_sum, structured_conv, sum_pool
+from .layers import (
+    CompositeConv1d,
+    CompositeConv2d,
+    CompositeConv3d,
+    DecomposedCompositeConv,
+    DecomposedConv1d,
+    DecomposedConv2d,
+    DecomposedConv3d,
+    DecomposedLayer,
+    DecomposedLinear,
+    StructuredConv1d,
+    StructuredConv2d,
+    StructuredConv3d,
+    StructuredLayer,
+    StructuredLinear,
+    SumPool,
+)
+from .regularizer import structural_regularization, structure_errors
+from .serialization import load, save
+
+try:
+    __version__ = _version("structconv")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0+unknown"
+
+__all__ = [
+    "CompositeBasis", "StructuredBasis", "OpsReport", "count_ops", "StructurePlan", "StructureSpec",
+    "decompose", "plan", "structurize", "box_sum", "structured_conv", "sum_pool",
+    "CompositeConv1d", "CompositeConv2d", "CompositeConv3d", "DecomposedCompositeConv",
+    "DecomposedConv1d", "DecomposedConv2d", "DecomposedConv3d", "DecomposedLayer", "DecomposedLinear",
+    "StructuredConv1d", "StructuredConv2d", "StructuredConv3d", "StructuredLayer", "StructuredLinear",
+    "SumPool", "structural_regularization", "structure_errors", "load", "save", "__version__",
+]  # fmt: skip

@@ -1,0 +1,348 @@
+"""Model conversion: plan -> structurize (training form) -> decompose (deployment form).
+
+Shaped like torchao's ``quantize_(model, config, filter_fn)``: :func:`plan` decides a
+structure ``(c, n)`` for every eligible layer from a target compression ratio (or explicit
+per-layer overrides) and returns a printable report; :func:`structurize` applies it;
+:func:`decompose` replaces every structured layer by its sum-pool + small-layer form.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Union
+
+from torch import nn
+
+from .layers import (
+    DecomposedLayer,
+    StructuredConv1d,
+    StructuredConv2d,
+    StructuredConv3d,
+    StructuredLayer,
+    StructuredLinear,
+)
+
+__all__ = ["StructureSpec", "LayerPlan", "StructurePlan", "choose_structure", "plan", "structurize", "decompose"]
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+_DENSE_TO_STRUCTURED = {
+    nn.Conv1d: StructuredConv1d,
+    nn.Conv2d: StructuredConv2d,
+    nn.Conv3d: StructuredConv3d,
+}
+_PREFERENCES = ("channels", "spatial")
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    """Structure of one layer: ``c`` channels (``r`` for Linear) and small-kernel size ``n``.
+
+    ``n`` is empty for Linear layers.  ``StructureSpec(32, (3, 3))`` on a 64-channel 3x3 conv
+    means a ``33 x 1 x 1`` sum-pool followed by a ``32 x 3 x 3`` conv (ratio 2).
+    """
+
+    c: int
+    n: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = (self.n,) if isinstance(self.n, int) else tuple(self.n)
+        object.__setattr__(self, "n", tuple(int(v) for v in n))
+        if not isinstance(self.c, int) or self.c < 1:
+            raise ValueError(f"StructureSpec: c={self.c!r} must be a positive int")
+
+
+Override = Union[StructureSpec, float, int, tuple, None]
+
+
+@dataclass
+class LayerPlan:
+    """The decision for one eligible (or rejected) layer."""
+
+    name: str
+    layer_type: str
+    channels: int  # input channels per group (in_features for Linear)
+    kernel_size: tuple[int, ...]
+    spec: StructureSpec | None
+    reason: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """Achieved compression ratio ``C prod(k) / (c prod(n))`` (1.0 when skipped)."""
+        if self.spec is None:
+            return 1.0
+        return self.channels * math.prod(self.kernel_size) / (self.spec.c * math.prod(self.spec.n))
+
+
+@dataclass
+class StructurePlan:
+    """Per-layer structures chosen for a model; ``print(plan)`` shows what happens to each layer."""
+
+    layers: list[LayerPlan] = field(default_factory=list)
+    requested_ratio: float | None = None
+
+    @property
+    def structured(self) -> list[LayerPlan]:
+        return [p for p in self.layers if p.spec is not None]
+
+    @property
+    def skipped(self) -> list[LayerPlan]:
+        return [p for p in self.layers if p.spec is None]
+
+    def specs(self) -> dict[str, StructureSpec]:
+        return {p.name: p.spec for p in self.structured}
+
+    def __str__(self) -> str:
+        rows = [("layer", "type", "C/g x kernel", "c x n", "ratio", "note")]
+        for p in self.layers:
+            shape = "x".join(str(v) for v in (p.channels, *p.kernel_size))
+            small = "-" if p.spec is None else "x".join(str(v) for v in (p.spec.c, *p.spec.n))
+            rows.append((p.name or "<root>", p.layer_type, shape, small, f"{p.ratio:.2f}", p.reason))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        head = f"StructurePlan: {len(self.structured)} structured, {len(self.skipped)} left dense"
+        if self.requested_ratio is not None:
+            head += f" (requested ratio {self.requested_ratio:g})"
+        return "\n".join([head, *lines])
+
+
+def _check_ratio(ratio, where: str) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        raise ValueError(f"{where}: ratio={ratio!r} must be a finite number >= 1")
+    if ratio <= 0:
+        raise ValueError(f"{where}: ratio={ratio} must be positive (a compression ratio, e.g. 2.0)")
+    if ratio < 1:
+        raise ValueError(f"{where}: ratio={ratio} < 1 would enlarge the layer; use a ratio >= 1")
+    return float(ratio)
+
+
+def choose_structure(
+    channels: int, kernel_size: tuple[int, ...], ratio: float, *, prefer: str = "channels"
+) -> tuple[StructureSpec, str]:
+    """The ``(c, n)`` with the most degrees of freedom whose ratio is at least ``ratio``.
+
+    Among equally large choices, ``prefer='channels'`` keeps the kernel size (``n = k``, pool
+    over channels) and ``prefer='spatial'`` keeps the channels.  If no choice reaches
+    ``ratio`` the most compressed one is returned, and the note says so.
+    """
+    ratio = _check_ratio(ratio, "choose_structure")
+    if prefer not in _PREFERENCES:
+        raise ValueError(f"prefer={prefer!r} must be one of {_PREFERENCES}")
+    full = channels * math.prod(kernel_size)
+    budget = full / ratio * (1 + 1e-9)  # largest admissible c * prod(n)
+    best, best_key = None, None
+    for n in _all_sizes(kernel_size):
+        spatial = math.prod(n)
+        c = min(channels, int(budget // spatial))
+        if c < 1:
+            continue
+        key = (c * spatial, spatial if prefer == "channels" else c, min(n) if n else 0)
+        if best_key is None or key > best_key:
+            best, best_key = StructureSpec(c, n), key
+    if best is None:
+        smallest = StructureSpec(1, (1,) * len(kernel_size))
+        return smallest, f"max ratio {full:g} < requested {ratio:g}"
+    return best, ""
+
+
+def _all_sizes(kernel_size: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
+    if not kernel_size:
+        yield ()
+        return
+    for first in range(1, kernel_size[0] + 1):
+        for rest in _all_sizes(kernel_size[1:]):
+            yield (first, *rest)
+
+
+def _describe(module: nn.Module) -> tuple[str, int, tuple[int, ...]] | None:
+    """(type name, channels per group, kernel size) for a convertible layer, else None."""
+    if type(module) in _DENSE_TO_STRUCTURED:
+        return type(module).__name__, module.in_channels // module.groups, tuple(module.kernel_size)
+    if type(module) is nn.Linear:
+        return "Linear", module.in_features, ()
+    return None
+
+
+def _unsupported(module: nn.Module) -> str | None:
+    if isinstance(module, (StructuredLayer, DecomposedLayer)):
+        return "already converted"
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and _describe(module) is None:
+        return f"unsupported layer type {type(module).__module__}.{type(module).__qualname__}"
+    return None
+
+
+def _coerce_override(value: Override, name: str, kernel_size: tuple[int, ...]) -> StructureSpec | float | None:
+    if value is None or isinstance(value, StructureSpec):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _check_ratio(value, f"layer '{name}'")
+    if isinstance(value, tuple) and len(value) == 2:
+        c, n = value
+        return StructureSpec(c, n if kernel_size else ())
+    raise ValueError(
+        f"layer '{name}': override {value!r} must be a StructureSpec, a (c, n) tuple, a ratio or None"
+    )
+
+
+def _match_override(name: str, overrides: Mapping[str, Override], used: set[str]):
+    if name in overrides:
+        used.add(name)
+        return True, overrides[name]
+    for pattern, value in overrides.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            used.add(pattern)
+            return True, value
+    return False, None
+
+
+def plan(
+    model: nn.Module,
+    ratio: float = 2.0,
+    *,
+    filter_fn: FilterFn | None = None,
+    overrides: Mapping[str, Override] | None = None,
+    prefer: str = "channels",
+) -> StructurePlan:
+    """Decide the structure of every eligible Conv1d/2d/3d and Linear layer of ``model``.
+
+    Args:
+        ratio: target compression ratio ``C prod(k) / (c prod(n))`` per layer (>= 1).
+        filter_fn: ``filter_fn(module, fqn) -> bool`` selects layers (torchao style).
+        overrides: per-layer choices by qualified name or ``fnmatch`` pattern (exact names
+            win, then the first matching pattern): a :class:`StructureSpec`, a ``(c, n)``
+            tuple, a ratio, or ``None`` to leave the layer dense.
+        prefer: tie-break between equally compact choices, see :func:`choose_structure`.
+
+    Layers whose best structure would not compress (ratio 1), layers rejected by
+    ``filter_fn`` and unsupported subclasses are listed in the plan with the reason.
+    """
+    ratio = _check_ratio(ratio, "plan")
+    overrides = dict(overrides or {})
+    used: set[str] = set()
+    result = StructurePlan(requested_ratio=ratio)
+    for name, module in model.named_modules():
+        unsupported = _unsupported(module)
+        info = _describe(module)
+        if info is None:
+            if unsupported and unsupported != "already converted":
+                result.layers.append(LayerPlan(name, type(module).__name__, 0, (), None, unsupported))
+            continue
+        layer_type, channels, kernel = info
+        entry = LayerPlan(name, layer_type, channels, kernel, None)
+        result.layers.append(entry)
+        if filter_fn is not None and not filter_fn(module, name):
+            entry.reason = "excluded by filter_fn"
+            continue
+        matched, value = _match_override(name, overrides, used)
+        target: StructureSpec | float | None = ratio
+        if matched:
+            target = _coerce_override(value, name, kernel)
+            if target is None:
+                entry.reason = "excluded by override"
+                continue
+        if isinstance(target, StructureSpec):
+            entry.spec, entry.reason = target, "override"
+            _validate_spec(entry, module)
+            continue
+        spec, note = choose_structure(channels, kernel, target, prefer=prefer)
+        if channels * math.prod(kernel) == spec.c * math.prod(spec.n):
+            entry.reason = "cannot be compressed (1 channel per group and a 1-tap kernel)"
+            continue
+        entry.spec, entry.reason = spec, note
+    unused = sorted(set(overrides) - used)
+    if unused:
+        names = [p.name for p in result.layers if p.layer_type in ("Conv1d", "Conv2d", "Conv3d", "Linear")]
+        raise ValueError(
+            f"overrides {unused} match no convertible layer; convertible layers are e.g. {names[:8]}"
+        )
+    return result
+
+
+def _validate_spec(entry: LayerPlan, module: nn.Module) -> None:
+    from .basis import StructuredBasis
+
+    try:
+        if len(entry.spec.n) != len(entry.kernel_size):
+            raise ValueError(f"n={entry.spec.n} needs {len(entry.kernel_size)} entries for kernel {entry.kernel_size}")
+        StructuredBasis(entry.channels, entry.kernel_size, entry.spec.c, entry.spec.n)
+    except ValueError as err:
+        raise ValueError(f"layer '{entry.name}' ({entry.layer_type}): {err}") from None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _structured_from_dense(module: nn.Module, spec: StructureSpec) -> nn.Module:
+    if type(module) is nn.Linear:
+        return StructuredLinear.from_dense(module, r=spec.c)
+    return _DENSE_TO_STRUCTURED[type(module)].from_dense(module, c=spec.c, n=spec.n)
+
+
+def structurize(
+    model: nn.Module,
+    ratio: float | StructurePlan = 2.0,
+    *,
+    filter_fn: FilterFn | None = None,
+    inplace: bool = False,
+    overrides: Mapping[str, Override] | None = None,
+    prefer: str = "channels",
+) -> nn.Module:
+    """Swap eligible Conv/Linear layers for their structured training form, keeping weights.
+
+    ``ratio`` is a target compression ratio (see :func:`plan` for ``filter_fn``,
+    ``overrides`` and ``prefer``) or a ready :class:`StructurePlan`.  The structured layers
+    subclass the layers they replace and keep their state_dict keys, so the model computes the
+    same function and existing checkpoints still load.  Returns the converted model (a deep
+    copy unless ``inplace``); call :func:`plan` first to see what will change.
+    """
+    if isinstance(ratio, StructurePlan):
+        if filter_fn is not None or overrides:
+            raise ValueError("pass filter_fn/overrides to plan(), not with a ready StructurePlan")
+        the_plan = ratio
+    else:
+        the_plan = plan(model, ratio, filter_fn=filter_fn, overrides=overrides, prefer=prefer)
+    if not inplace:
+        model = copy.deepcopy(model)
+    for entry in the_plan.structured:
+        try:
+            module = model.get_submodule(entry.name)
+        except AttributeError:
+            raise ValueError(f"layer '{entry.name}' from the plan does not exist in this model") from None
+        if _describe(module) is None:
+            raise ValueError(f"layer '{entry.name}' is a {type(module).__name__}, which cannot be structurized")
+        try:
+            new = _structured_from_dense(module, entry.spec)
+        except ValueError as err:
+            raise ValueError(f"layer '{entry.name}': {err}") from None
+        if not entry.name:
+            return new
+        _set_submodule(model, entry.name, new)
+    return model
+
+
+def decompose(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Replace every structured layer by its deployment form (Step 2 of Sec. 5.1).
+
+    Each layer's ``alpha = A^+ W`` becomes the weight of a small conv/linear behind a
+    sum-pool; the result computes exactly what the model computes after ``project_()`` of
+    every structured layer.  Raises ``ValueError`` when there is nothing to decompose.
+    """
+    if isinstance(model, StructuredLayer):
+        return model.decompose()
+    names = [name for name, m in model.named_modules() if isinstance(m, StructuredLayer)]
+    if not names:
+        what = type(model).__name__
+        if _describe(model) is not None:
+            raise ValueError(f"decompose: {what} is not a structured layer; call structconv.structurize() first")
+        raise ValueError(f"decompose: {what} has no structured layers; call structconv.structurize() first")
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name in names:
+        _set_submodule(model, name, model.get_submodule(name).decompose())
+    return model

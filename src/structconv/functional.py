@@ -1,0 +1,258 @@
+"""Plain functions behind the layers: sum-pooling and the geometry of a decomposition.
+
+A structured convolution (Sec. 4.1) is ``conv(x, W) == conv(sum_pool(pad(x)), alpha)``.
+With stride ``s``, dilation ``d`` and kernel ``N = n + w - 1`` on an axis (``w`` the pool
+window), output ``y`` reads pooled positions ``y*s + l*d`` for ``l < n`` only, so the pool is
+evaluated on the sub-grid of step ``t = gcd(s, d)`` (``t = s`` when ``n == 1``) and the small
+conv then runs with stride ``s/t`` and dilation ``d/t``: nothing is pooled that is not read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["box_sum", "sum_pool", "DecompositionGeometry", "conv_padding", "structured_conv"]
+
+# Windows up to this size are summed from shifted views (window - 1 adds, no cancellation);
+# larger ones use a cumulative sum (about 2 passes whatever the window).
+_CUMSUM_MIN_WINDOW = 5
+
+
+def _axis_slice(x: Tensor, dim: int, start: int, length: int, step: int) -> Tensor:
+    """View of ``length`` elements of ``x`` along ``dim``: ``start, start+step, ...``."""
+    index = [slice(None)] * dim + [slice(start, start + (length - 1) * step + 1, step)]
+    return x[tuple(index)]
+
+
+def box_sum(x: Tensor, dim: int, window: int, dilation: int = 1, stride: int = 1) -> Tensor:
+    """Sliding-window sum along one axis: ``out[i] = sum_{k < window} x[i*stride + k*dilation]``.
+
+    Exact up to float rounding and differentiable.  The output has
+    ``(L - (window-1)*dilation - 1) // stride + 1`` entries along ``dim``.
+    """
+    dim = dim % x.dim()
+    length = x.shape[dim]
+    span = (window - 1) * dilation + 1
+    if window < 1 or dilation < 1 or stride < 1:
+        raise ValueError(f"box_sum needs window, dilation, stride >= 1, got {window}, {dilation}, {stride}")
+    if span > length:
+        raise ValueError(
+            f"box_sum window spans {span} elements (window={window}, dilation={dilation}) "
+            f"but the input has only {length} along dim {dim}"
+        )
+    out_len = (length - span) // stride + 1
+    if window == 1:
+        return _axis_slice(x, dim, 0, out_len, stride)
+    if window < _CUMSUM_MIN_WINDOW or dilation != 1:
+        out = _axis_slice(x, dim, 0, out_len, stride)
+        for k in range(1, window):
+            out = out + _axis_slice(x, dim, k * dilation, out_len, stride)
+        return out
+    # Cumulative sum S; out[i] = S[i*t + w - 1] - S[i*t - 1], with S[-1] = 0.
+    cum = torch.cumsum(x, dim)
+    hi = _axis_slice(cum, dim, window - 1, out_len, stride)
+    if out_len == 1:
+        return hi
+    lo = _axis_slice(cum, dim, stride - 1, out_len - 1, stride)
+    return torch.cat((hi.narrow(dim, 0, 1), hi.narrow(dim, 1, out_len - 1) - lo), dim)
+
+
+def sum_pool(
+    x: Tensor,
+    channel_window: int,
+    window: Sequence[int],
+    *,
+    groups: int = 1,
+    dilation: Sequence[int] | int = 1,
+    stride: Sequence[int] | int = 1,
+) -> Tensor:
+    """Sum-pooling over channels (stride 1, within each group) and spatial axes.
+
+    ``x`` has shape ``(B, C, *spatial)`` with ``len(window)`` spatial axes.  Output channel
+    ``g*c + j`` sums input channels ``g*Cg + j ... g*Cg + j + channel_window - 1`` of group
+    ``g`` (``Cg = C // groups``, ``c = Cg - channel_window + 1``); spatial axis ``a`` sums
+    ``window[a]`` taps spaced by ``dilation[a]`` and is evaluated every ``stride[a]`` positions.
+    This is the ``1_{(C-c+1) x (N-n+1) x ...}`` convolution of Sec. 5, without multiplications.
+    """
+    nd = len(window)
+    dilation = _ntuple(dilation, nd, "dilation")
+    stride = _ntuple(stride, nd, "stride")
+    if x.dim() != nd + 2:
+        raise ValueError(f"sum_pool with a {nd}-D window expects a {nd + 2}-D input, got shape {tuple(x.shape)}")
+    channels = x.shape[1]
+    if groups < 1 or channels % groups:
+        raise ValueError(f"input channels ({channels}) must be divisible by groups ({groups})")
+    per_group = channels // groups
+    if not 1 <= channel_window <= per_group:
+        raise ValueError(f"channel_window={channel_window} must be in [1, {per_group}] (channels per group)")
+
+    # Apply the per-axis sums in the order that shrinks the tensor fastest (cheapest first).
+    ops = []
+    for a in range(nd):
+        size = x.shape[2 + a]
+        span = (window[a] - 1) * dilation[a] + 1
+        out = max((size - span) // stride[a] + 1, 0)
+        ops.append((out / size, 2 + a))
+    ops.append(((per_group - channel_window + 1) / per_group, 1))
+    for _, dim in sorted(ops):
+        if dim == 1:
+            x = _channel_box_sum(x, channel_window, groups)
+        else:
+            a = dim - 2
+            x = box_sum(x, dim, window[a], dilation[a], stride[a])
+    return x
+
+
+def _channel_box_sum(x: Tensor, window: int, groups: int) -> Tensor:
+    if window == 1:
+        return x
+    if groups == 1:
+        return box_sum(x, 1, window)
+    b, ch = x.shape[:2]
+    grouped = x.reshape(b, groups, ch // groups, *x.shape[2:])
+    pooled = box_sum(grouped, 2, window)
+    return pooled.reshape(b, -1, *x.shape[2:])
+
+
+def _ntuple(value, nd: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * nd
+    value = tuple(int(v) for v in value)
+    if len(value) != nd:
+        raise ValueError(f"{name}={value} must have {nd} entries")
+    return value
+
+
+def conv_padding(
+    padding, kernel_size: Sequence[int], dilation: Sequence[int], stride: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
+    """Explicit ``(before, after)`` padding per axis for an ``nn.ConvNd`` ``padding`` value.
+
+    Handles ints, tuples, ``'valid'`` and ``'same'`` (which, like PyTorch, puts the odd extra
+    element after).
+    """
+    nd = len(kernel_size)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * nd
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f"padding='same' requires stride 1, got stride={tuple(stride)}")
+            pads = []
+            for k, d in zip(kernel_size, dilation):
+                total = d * (k - 1)
+                pads.append((total // 2, total - total // 2))
+            return tuple(pads)
+        raise ValueError(f"padding={padding!r} must be an int, a tuple, 'same' or 'valid'")
+    return tuple((p, p) for p in _ntuple(padding, nd, "padding"))
+
+
+@dataclass(frozen=True)
+class DecompositionGeometry:
+    """How a structured conv's options map onto pad -> sum-pool -> small conv.
+
+    ``pad`` is an ``F.pad`` list (last axis first) applied before pooling, with
+    ``padding_mode``; zero padding along axes whose pool is the identity is instead left to
+    the small conv (``conv_padding``), which avoids a copy.
+    """
+
+    pad: tuple[int, ...]
+    padding_mode: str
+    pool_window: tuple[int, ...]
+    pool_dilation: tuple[int, ...]
+    pool_stride: tuple[int, ...]
+    conv_stride: tuple[int, ...]
+    conv_dilation: tuple[int, ...]
+    conv_padding: tuple[int, ...]
+
+    @classmethod
+    def from_conv(
+        cls,
+        kernel_size: Sequence[int],
+        n: Sequence[int],
+        stride: Sequence[int],
+        padding,
+        dilation: Sequence[int],
+        padding_mode: str = "zeros",
+    ) -> "DecompositionGeometry":
+        nd = len(kernel_size)
+        pads = conv_padding(padding, kernel_size, dilation, stride)
+        window = tuple(k - m + 1 for k, m in zip(kernel_size, n))
+        pool_stride, conv_stride, conv_dil, conv_pad, explicit = [], [], [], [], []
+        for a in range(nd):
+            s, d, m = stride[a], dilation[a], n[a]
+            t = s if m == 1 else math.gcd(s, d)
+            pool_stride.append(t)
+            conv_stride.append(s // t)
+            conv_dil.append(d // t if m > 1 else 1)
+            before, after = pads[a]
+            defer = padding_mode == "zeros" and window[a] == 1 and t == 1 and before == after
+            conv_pad.append(before if defer else 0)
+            explicit.append((0, 0) if defer else (before, after))
+        flat = tuple(p for pair in reversed(explicit) for p in pair)
+        return cls(
+            pad=flat if any(flat) else (),
+            padding_mode=padding_mode,
+            pool_window=window,
+            pool_dilation=tuple(dilation),
+            pool_stride=tuple(pool_stride),
+            conv_stride=tuple(conv_stride),
+            conv_dilation=tuple(conv_dil),
+            conv_padding=tuple(conv_pad),
+        )
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def pad_input(x: Tensor, pad: Sequence[int], padding_mode: str) -> Tensor:
+    """``F.pad`` with an ``nn.ConvNd`` padding_mode name."""
+    if not pad:
+        return x
+    return F.pad(x, list(pad), mode=_PAD_MODE[padding_mode])
+
+
+def structured_conv(
+    x: Tensor,
+    alpha: Tensor,
+    bias: Tensor | None,
+    kernel_size: Sequence[int],
+    *,
+    stride: Sequence[int] | int = 1,
+    padding=0,
+    dilation: Sequence[int] | int = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+) -> Tensor:
+    """Structured convolution in decomposed form: pad, sum-pool, small conv (Sec. 4.1, Fig. 4).
+
+    ``alpha`` has shape ``(C_out, c, n1, ..., nd)``; the result equals a dense convolution with
+    the kernel ``StructuredBasis(C_in // groups, kernel_size, c, n).compose(alpha)`` and the same
+    options.
+    """
+    nd = len(kernel_size)
+    geo = DecompositionGeometry.from_conv(
+        tuple(kernel_size),
+        tuple(alpha.shape[2:]),
+        _ntuple(stride, nd, "stride"),
+        padding,
+        _ntuple(dilation, nd, "dilation"),
+        padding_mode,
+    )
+    per_group = x.shape[1] // groups
+    pooled = sum_pool(
+        pad_input(x, geo.pad, padding_mode),
+        per_group - alpha.shape[1] + 1,
+        geo.pool_window,
+        groups=groups,
+        dilation=geo.pool_dilation,
+        stride=geo.pool_stride,
+    )
+    return _CONV[nd](pooled, alpha, bias, geo.conv_stride, geo.conv_padding, geo.conv_dilation, groups)

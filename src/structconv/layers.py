@@ -1,0 +1,569 @@
+"""Structured, decomposed and composite layers: thin modules over :mod:`structconv.functional`.
+
+Three forms of one layer:
+
+* **Training form** -- ``StructuredConv{1,2,3}d`` / ``StructuredLinear`` subclass the ``nn``
+  layer they replace, keep its constructor and state_dict keys, compute densely, and know
+  their basis (``structure_error``, ``project_``, ``decompose``).
+* **Deployment form** -- ``DecomposedConv{1,2,3}d`` / ``DecomposedLinear``: a parameter-free
+  :class:`SumPool` followed by a small ``nn.ConvNd`` / ``nn.Linear`` whose weight is
+  ``alpha = A^+ W``.  Built from scratch they are the direct-training form of Sec. 6.4.
+* **Composite** -- ``CompositeConv{1,2,3}d`` takes any composite basis (Def. 1); its
+  decomposition (Eq. 1) sums the input under each mask, then combines the sums with ``alpha``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .basis import CompositeBasis, StructuredBasis
+from .functional import DecompositionGeometry, box_sum, conv_padding, pad_input, sum_pool
+
+__all__ = [
+    "StructuredLayer",
+    "DecomposedLayer",
+    "SumPool",
+    "StructuredConv1d",
+    "StructuredConv2d",
+    "StructuredConv3d",
+    "StructuredLinear",
+    "DecomposedConv1d",
+    "DecomposedConv2d",
+    "DecomposedConv3d",
+    "DecomposedLinear",
+    "CompositeConv1d",
+    "CompositeConv2d",
+    "CompositeConv3d",
+    "DecomposedCompositeConv",
+]
+
+_CONV_CLASSES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _tuple(value, nd: int, name: str, owner: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * nd
+    try:
+        value = tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{owner}: {name}={value!r} must be an int or a tuple of {nd} ints") from None
+    if len(value) != nd:
+        raise ValueError(f"{owner}: {name}={value} must have {nd} entries")
+    return value
+
+
+def _basis_for(owner: str, channels_per_group: int, kernel_size, c, n) -> StructuredBasis:
+    nd = len(kernel_size)
+    if not isinstance(c, int) or isinstance(c, bool):
+        raise ValueError(f"{owner}: c={c!r} must be an int")
+    try:
+        return StructuredBasis(channels_per_group, tuple(kernel_size), c, _tuple(n, nd, "n", owner))
+    except ValueError as err:
+        raise ValueError(f"{owner}: {err}") from None
+
+
+class StructuredLayer:
+    """Mixin for the training form: a dense layer that knows its (structured or composite) basis.
+
+    Subclasses set ``self.basis``; ``self.weight`` has shape ``(out, *basis.full_shape)``.
+    """
+
+    basis: StructuredBasis | CompositeBasis
+    weight: nn.Parameter
+
+    def structure_error(self) -> float:
+        """``||(I - A A^+) W||_F / ||W||_F``: 0 when the weight is exactly structured."""
+        return self.basis.error(self.weight)
+
+    @torch.no_grad()
+    def project_(self) -> "StructuredLayer":
+        """Replace ``W`` by its projection ``A A^+ W`` in place; returns ``self``."""
+        self.weight.copy_(self.basis.project(self.weight))
+        return self
+
+    def coefficients(self) -> Tensor:
+        """``alpha = A^+ W`` (detached), the weight of the decomposed layer."""
+        with torch.no_grad():
+            return self.basis.coefficients(self.weight)
+
+    def decompose(self) -> nn.Module:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class DecomposedLayer:
+    """Marker mixin for deployment forms (sum-pool + small layer, or mask sums + alpha)."""
+
+    def recompose(self) -> nn.Module:  # pragma: no cover - overridden
+        """The dense layer with the recomposed kernel ``A alpha``: same function."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------
+# Sum pooling
+# ------------------------------------------------------------------------------------------
+class SumPool(nn.Module):
+    """Pad, then sum-pool over channels (within groups) and spatial axes. No parameters.
+
+    See :func:`structconv.functional.sum_pool`; ``pad`` / ``padding_mode`` follow ``F.pad``
+    and ``nn.ConvNd`` conventions.
+    """
+
+    def __init__(
+        self,
+        channel_window: int,
+        window: Sequence[int],
+        *,
+        groups: int = 1,
+        dilation: Sequence[int] = (),
+        stride: Sequence[int] = (),
+        pad: Sequence[int] = (),
+        padding_mode: str = "zeros",
+    ) -> None:
+        super().__init__()
+        nd = len(window)
+        self.channel_window = int(channel_window)
+        self.window = tuple(int(w) for w in window)
+        self.groups = int(groups)
+        self.dilation = tuple(dilation) or (1,) * nd
+        self.stride = tuple(stride) or (1,) * nd
+        self.pad = tuple(pad)
+        self.padding_mode = padding_mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_input(x, self.pad, self.padding_mode)
+        return sum_pool(x, self.channel_window, self.window, groups=self.groups, dilation=self.dilation, stride=self.stride)
+
+    def extra_repr(self) -> str:
+        parts = [f"channel_window={self.channel_window}", f"window={self.window}"]
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if any(d != 1 for d in self.dilation):
+            parts.append(f"dilation={self.dilation}")
+        if any(s != 1 for s in self.stride):
+            parts.append(f"stride={self.stride}")
+        if self.pad:
+            parts.append(f"pad={self.pad}, padding_mode={self.padding_mode!r}")
+        return ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------
+# Structured convolutions (training form)
+# ------------------------------------------------------------------------------------------
+class _StructuredConvNd(StructuredLayer):
+    _nd: int
+
+    def _init_structure(self, c, n) -> None:
+        self.basis = _basis_for(type(self).__name__, self.in_channels // self.groups, self.kernel_size, c, n)
+
+    @property
+    def c(self) -> int:
+        return self.basis.c
+
+    @property
+    def n(self) -> tuple[int, ...]:
+        return self.basis.n
+
+    @classmethod
+    def from_dense(cls, conv: nn.Module, *, c: int, n) -> "_StructuredConvNd":
+        """Wrap an existing ``nn.ConvNd`` (sharing its Parameters) in the structured form."""
+        dense = _CONV_CLASSES[cls._nd]
+        if type(conv) is not dense and not isinstance(conv, _StructuredConvNd):
+            raise ValueError(f"{cls.__name__}.from_dense expects an {dense.__name__}, got {type(conv).__name__}")
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta", c=c, n=n,
+        )  # fmt: skip
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.train(conv.training)
+        return new
+
+    def decompose(self) -> "_DecomposedConvNd":
+        """Deployment form: sum-pool + small conv with ``alpha = A^+ W`` (exact for the projected W)."""
+        dec_cls = _DECOMPOSED_CONV[self._nd]
+        w = self.weight
+        dec = dec_cls(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.bias is not None, self.padding_mode, device=w.device, dtype=w.dtype, c=self.c, n=self.n,
+        )  # fmt: skip
+        with torch.no_grad():
+            dec.conv.weight.copy_(self.coefficients())
+            if self.bias is not None:
+                dec.conv.bias.copy_(self.bias)
+        dec.train(self.training)
+        return dec
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, c={self.c}, n={self.n}"
+
+
+class StructuredConv1d(_StructuredConvNd, nn.Conv1d):
+    """``nn.Conv1d`` whose kernels are trained toward the structure ``(c, n)`` (Def. 3)."""
+
+    _nd = 1
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, c: int, n) -> None:  # fmt: skip
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)  # fmt: skip
+        self._init_structure(c, n)
+
+
+class StructuredConv2d(_StructuredConvNd, nn.Conv2d):
+    """``nn.Conv2d`` whose kernels are trained toward the structure ``(c, n)`` (Def. 3).
+
+    Same constructor and state_dict as ``nn.Conv2d`` plus ``c`` (channels of the small kernel,
+    per group) and ``n`` (its spatial size, int or tuple).  Forward is the ordinary dense
+    convolution; :meth:`decompose` gives the sum-pool + small-conv form.
+    """
+
+    _nd = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, c: int, n) -> None:  # fmt: skip
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)  # fmt: skip
+        self._init_structure(c, n)
+
+
+class StructuredConv3d(_StructuredConvNd, nn.Conv3d):
+    """``nn.Conv3d`` whose kernels are trained toward the structure ``(c, n)`` (Def. 3)."""
+
+    _nd = 3
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, c: int, n) -> None:  # fmt: skip
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)  # fmt: skip
+        self._init_structure(c, n)
+
+
+# ------------------------------------------------------------------------------------------
+# Decomposed convolutions (deployment / direct-training form)
+# ------------------------------------------------------------------------------------------
+class _DecomposedConvNd(DecomposedLayer, nn.Module):
+    _nd: int
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None,
+                 *, c: int, n) -> None:  # fmt: skip
+        super().__init__()
+        nd, owner = self._nd, type(self).__name__
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"{owner}: in_channels={in_channels} and out_channels={out_channels} must be divisible by groups={groups}"
+            )
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"{owner}: padding_mode={padding_mode!r} must be zeros, reflect, replicate or circular")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _tuple(kernel_size, nd, "kernel_size", owner)
+        self.stride = _tuple(stride, nd, "stride", owner)
+        self.dilation = _tuple(dilation, nd, "dilation", owner)
+        self.padding = padding if isinstance(padding, str) else _tuple(padding, nd, "padding", owner)
+        self.padding_mode = padding_mode
+        self.basis = _basis_for(owner, in_channels // groups, self.kernel_size, c, n)
+        try:
+            geo = DecompositionGeometry.from_conv(
+                self.kernel_size, self.basis.n, self.stride, self.padding, self.dilation, padding_mode
+            )
+        except ValueError as err:
+            raise ValueError(f"{owner}: {err}") from None
+        self.pool = SumPool(
+            self.basis.pool_window[0], geo.pool_window, groups=groups, dilation=geo.pool_dilation,
+            stride=geo.pool_stride, pad=geo.pad, padding_mode=padding_mode,
+        )  # fmt: skip
+        self.conv = _CONV_CLASSES[nd](
+            groups * self.basis.c, out_channels, self.basis.n, stride=geo.conv_stride, padding=geo.conv_padding,
+            dilation=geo.conv_dilation, groups=groups, bias=bias, device=device, dtype=dtype,
+        )  # fmt: skip
+        # Direct training (Sec. 6.4): the pool multiplies the activation variance by the
+        # window volume, so scale alpha's default init down to keep the layer's output scale.
+        with torch.no_grad():
+            self.conv.weight.div_(math.sqrt(math.prod(self.basis.pool_window)))
+
+    @property
+    def c(self) -> int:
+        return self.basis.c
+
+    @property
+    def n(self) -> tuple[int, ...]:
+        return self.basis.n
+
+    @property
+    def weight(self) -> Tensor:
+        """The coefficients alpha, shape ``(C_out, c, n1, ..., nd)``."""
+        return self.conv.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.conv.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.pool(x))
+
+    def recompose(self) -> nn.Module:
+        """Dense ``nn.ConvNd`` with the kernel ``A alpha`` and the original options."""
+        w = self.conv.weight
+        dense = _CONV_CLASSES[self._nd](
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.conv.bias is not None, self.padding_mode, device=w.device, dtype=w.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            dense.weight.copy_(self.basis.compose(w))
+            if self.conv.bias is not None:
+                dense.bias.copy_(self.conv.bias)
+        dense.train(self.training)
+        return dense
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, c={self.c}, n={self.n}"
+        if any(v != 1 for v in self.stride):
+            s += f", stride={self.stride}"
+        if self.padding not in ((0,) * self._nd, "valid"):
+            s += f", padding={self.padding}"
+        if any(v != 1 for v in self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+
+class DecomposedConv1d(_DecomposedConvNd):
+    """1-D structured conv in deployment form: :class:`SumPool` then ``Conv1d(groups*c, out, n)``."""
+
+    _nd = 1
+
+
+class DecomposedConv2d(_DecomposedConvNd):
+    """2-D structured conv in deployment form: :class:`SumPool` then ``Conv2d(groups*c, out, n)``.
+
+    Constructed directly, it is the direct-training form of Sec. 6.4 (``alpha`` are the
+    parameters); :meth:`StructuredConv2d.decompose` builds it from a trained dense weight.
+    """
+
+    _nd = 2
+
+
+class DecomposedConv3d(_DecomposedConvNd):
+    """3-D structured conv in deployment form: :class:`SumPool` then ``Conv3d(groups*c, out, n)``."""
+
+    _nd = 3
+
+
+_DECOMPOSED_CONV = {1: DecomposedConv1d, 2: DecomposedConv2d, 3: DecomposedConv3d}
+
+
+# ------------------------------------------------------------------------------------------
+# Linear (Sec. 4.3)
+# ------------------------------------------------------------------------------------------
+class StructuredLinear(StructuredLayer, nn.Linear):
+    """``nn.Linear`` whose rows are structured 1-D kernels with ``r`` degrees of freedom (Sec. 4.3)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 *, r: int) -> None:  # fmt: skip
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.basis = _basis_for(type(self).__name__, in_features, (), r, ())
+
+    @property
+    def r(self) -> int:
+        return self.basis.c
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, *, r: int) -> "StructuredLinear":
+        """Wrap an existing ``nn.Linear`` (sharing its Parameters) in the structured form."""
+        if type(linear) is not nn.Linear and not isinstance(linear, StructuredLinear):
+            raise ValueError(f"StructuredLinear.from_dense expects an nn.Linear, got {type(linear).__name__}")
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta", r=r)
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.train(linear.training)
+        return new
+
+    def decompose(self) -> "DecomposedLinear":
+        w = self.weight
+        dec = DecomposedLinear(self.in_features, self.out_features, self.bias is not None,
+                               device=w.device, dtype=w.dtype, r=self.r)  # fmt: skip
+        with torch.no_grad():
+            dec.linear.weight.copy_(self.coefficients())
+            if self.bias is not None:
+                dec.linear.bias.copy_(self.bias)
+        dec.train(self.training)
+        return dec
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, r={self.r}"
+
+
+class DecomposedLinear(DecomposedLayer, nn.Module):
+    """Structured Linear in deployment form: sum-pool the last axis (window ``Q-r+1``), then ``Linear(r, P)``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 *, r: int) -> None:  # fmt: skip
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.basis = _basis_for(type(self).__name__, in_features, (), r, ())
+        self.window = in_features - r + 1
+        self.linear = nn.Linear(r, out_features, bias, device=device, dtype=dtype)
+        with torch.no_grad():
+            self.linear.weight.div_(math.sqrt(self.window))
+
+    @property
+    def r(self) -> int:
+        return self.basis.c
+
+    @property
+    def weight(self) -> Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.linear.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(box_sum(x, -1, self.window))
+
+    def recompose(self) -> nn.Linear:
+        w = self.linear.weight
+        dense = nn.Linear(self.in_features, self.out_features, self.linear.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.basis.compose(w))
+            if self.linear.bias is not None:
+                dense.bias.copy_(self.linear.bias)
+        dense.train(self.training)
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}"
+
+
+# ------------------------------------------------------------------------------------------
+# Composite kernels with an arbitrary basis (Sec. 3, Eq. 1)
+# ------------------------------------------------------------------------------------------
+class _CompositeConvNd(StructuredLayer):
+    _nd: int
+
+    def _init_basis(self, basis) -> None:
+        owner = type(self).__name__
+        try:
+            basis = basis if isinstance(basis, CompositeBasis) else CompositeBasis(basis)
+        except ValueError as err:
+            raise ValueError(f"{owner}: {err}") from None
+        expected = (self.in_channels // self.groups, *self.kernel_size)
+        if basis.full_shape != expected:
+            raise ValueError(
+                f"{owner}: basis masks have shape {basis.full_shape} but kernels have shape {expected} "
+                f"(in_channels/groups, *kernel_size)"
+            )
+        self.basis = basis
+
+    @classmethod
+    def from_dense(cls, conv: nn.Module, *, basis) -> "_CompositeConvNd":
+        new = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, conv.bias is not None, conv.padding_mode, device="meta", basis=basis,
+        )  # fmt: skip
+        new.weight, new.bias = conv.weight, conv.bias
+        new.train(conv.training)
+        return new
+
+    def decompose(self) -> "DecomposedCompositeConv":
+        dec = DecomposedCompositeConv(
+            self.basis, self.out_channels, stride=self.stride, padding=self.padding, dilation=self.dilation,
+            groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
+            device=self.weight.device, dtype=self.weight.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            alpha = self.coefficients()  # (C_out, M)
+            dec.conv.weight.copy_(alpha.reshape(dec.conv.weight.shape))
+            if self.bias is not None:
+                dec.conv.bias.copy_(self.bias)
+        dec.train(self.training)
+        return dec
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, basis_elements={self.basis.num_elements}"
+
+
+def _make_composite(nd: int):
+    dense = _CONV_CLASSES[nd]
+
+    class CompositeConv(_CompositeConvNd, dense):
+        _nd = nd
+
+        def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                     bias=True, padding_mode="zeros", device=None, dtype=None, *, basis) -> None:  # fmt: skip
+            super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                             padding_mode, device, dtype)  # fmt: skip
+            self._init_basis(basis)
+
+    CompositeConv.__name__ = CompositeConv.__qualname__ = f"CompositeConv{nd}d"
+    CompositeConv.__doc__ = (
+        f"``nn.Conv{nd}d`` whose kernels are trained toward an arbitrary composite basis (Def. 1-2).\n\n"
+        f"``basis``: a :class:`~structconv.basis.CompositeBasis` or binary masks of shape\n"
+        f"``(M, in_channels // groups, *kernel_size)``."
+    )
+    return CompositeConv
+
+
+CompositeConv1d = _make_composite(1)
+CompositeConv2d = _make_composite(2)
+CompositeConv3d = _make_composite(3)
+
+
+class DecomposedCompositeConv(DecomposedLayer, nn.Module):
+    """Eq. (1): ``E_m = sum(X . beta_m)`` for every mask (a conv with fixed 0/1 weights), then
+    ``Y = sum_m alpha_m E_m`` (a grouped 1x1 conv)."""
+
+    def __init__(self, basis: CompositeBasis, out_channels: int, *, stride, padding, dilation, groups: int = 1,
+                 bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None) -> None:  # fmt: skip
+        super().__init__()
+        self.basis = basis
+        shape = basis.full_shape
+        nd = len(shape) - 1
+        self._nd = nd
+        self.kernel_size = tuple(shape[1:])
+        self.in_channels, self.out_channels, self.groups = shape[0] * groups, out_channels, groups
+        self.stride = _tuple(stride, nd, "stride", "DecomposedCompositeConv")
+        self.dilation = _tuple(dilation, nd, "dilation", "DecomposedCompositeConv")
+        self.padding, self.padding_mode = padding, padding_mode
+        pads = conv_padding(padding, self.kernel_size, self.dilation, self.stride)
+        symmetric = all(a == b for a, b in pads)
+        if padding_mode == "zeros" and symmetric:
+            self.pad, self.mask_padding = (), tuple(a for a, _ in pads)
+        else:
+            self.pad, self.mask_padding = tuple(p for pair in reversed(pads) for p in pair), (0,) * nd
+        masks = basis.masks.to(device=device, dtype=dtype or torch.get_default_dtype())
+        self.register_buffer("masks", masks.repeat(groups, *([1] * (nd + 1))))
+        m = basis.num_elements
+        self.conv = _CONV_CLASSES[nd](groups * m, out_channels, 1, groups=groups, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_input(x, self.pad, self.padding_mode)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self._nd - 1]
+        sums = conv(x, self.masks, None, self.stride, self.mask_padding, self.dilation, self.groups)
+        return self.conv(sums)
+
+    def recompose(self) -> nn.Module:
+        w = self.conv.weight
+        dense = _CONV_CLASSES[self._nd](
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.conv.bias is not None, self.padding_mode, device=w.device, dtype=w.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            dense.weight.copy_(self.basis.compose(w.reshape(self.out_channels, -1)))
+            if self.conv.bias is not None:
+                dense.bias.copy_(self.conv.bias)
+        return dense
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"basis_elements={self.basis.num_elements}, groups={self.groups}"
+        )
