@@ -51,13 +51,25 @@ def band_matrix(size: int, m: int, *, dtype: torch.dtype = torch.float64, device
     return ((i >= j) & (i - j <= size - m)).to(dtype)
 
 
+def _box_filter_rows(x: Tensor, size: int) -> Tensor:
+    """``T @ x`` for the ``size x m`` band matrix, as a running sum over rows (no dense matmul)."""
+    m = x.shape[0]
+    window = size - m + 1
+    cum = torch.cumsum(torch.nn.functional.pad(x, (0, 0, 1, 0)), 0)  # cum[j] = x[0] + ... + x[j-1]
+    i = torch.arange(size)
+    # row i of T has ones in columns max(0, i-window+1) .. min(i, m-1)
+    return cum[torch.clamp(i, max=m - 1) + 1] - cum[torch.clamp(i - window + 1, min=0)]
+
+
 @functools.lru_cache(maxsize=None)
 def _band_ops_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
     t = band_matrix(size, m)
-    # T has full column rank (it is lower-triangular with a unit diagonal in its top m rows),
-    # so T^+ = (T^T T)^{-1} T^T; lstsq in float64 is exact to ~1e-15 for the sizes we meet.
-    pinv = torch.linalg.lstsq(t.T @ t, t.T).solution
-    return pinv, t @ pinv
+    # T has full column rank, so T^+ = (T^T T)^{-1} T^T; T^T T is symmetric positive definite
+    # (a Toeplitz "triangle" matrix), so a Cholesky solve in float64 is exact to ~1e-12 and
+    # several times faster than lstsq for the 1000-wide bands of large pointwise layers.
+    chol = torch.linalg.cholesky(t.T @ t)
+    pinv = torch.cholesky_solve(t.T.contiguous(), chol)
+    return pinv, _box_filter_rows(pinv, size)
 
 
 @functools.lru_cache(maxsize=None)

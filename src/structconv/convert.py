@@ -46,13 +46,19 @@ class StructureSpec:
     """
 
     c: int
-    n: tuple[int, ...] = ()
+    n: int | tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        n = (self.n,) if isinstance(self.n, int) else tuple(self.n)
-        object.__setattr__(self, "n", tuple(int(v) for v in n))
+        if not isinstance(self.n, int):
+            object.__setattr__(self, "n", tuple(int(v) for v in self.n))
         if not isinstance(self.c, int) or self.c < 1:
             raise ValueError(f"StructureSpec: c={self.c!r} must be a positive int")
+
+    def resolved(self, kernel_size: tuple[int, ...]) -> "StructureSpec":
+        """The spec with an int ``n`` repeated for every kernel axis (as ``nn.Conv2d`` does)."""
+        if isinstance(self.n, int):
+            return StructureSpec(self.c, (self.n,) * len(kernel_size))
+        return self
 
 
 Override = Union[StructureSpec, float, int, tuple, None]
@@ -245,7 +251,7 @@ def plan(
                 entry.reason = "excluded by override"
                 continue
         if isinstance(target, StructureSpec):
-            entry.spec, entry.reason = target, "override"
+            entry.spec, entry.reason = target.resolved(kernel), "override"
             _validate_spec(entry, module)
             continue
         spec, note = choose_structure(channels, kernel, target, prefer=prefer)

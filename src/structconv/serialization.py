@@ -134,9 +134,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, map_locatio
         from .models import create_model
 
         model = create_model(args.pop("arch"), **args)
-    model = restore(model, ckpt["layers"])
     try:
+        model = restore(model, ckpt["layers"])
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
+    except (RuntimeError, ValueError, AttributeError) as err:
         raise ValueError(f"checkpoint {str(path)!r} does not match the model: {err}") from None
     return model
