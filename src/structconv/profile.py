@@ -1,0 +1,133 @@
+"""``structconv profile``: adds / mults / params of a model, beside the paper's figures.
+
+Counts the *deployment* form by default (a structurized model is decomposed first, since that
+is what the paper's tables count); ``--form training`` counts the structured training form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["get_args_parser", "main", "profile", "parse_input_size"]
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Count adds, mults and params (paper accounting)", add_help=add_help)
+    parser.add_argument("--arch", required=True, help="architecture name (structconv, torchvision or timm)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--struct", choices=["A", "B", "a", "b"], help="the paper's Struct-A / Struct-B plan")
+    group.add_argument("--ratio", type=float, help="uniform compression ratio for structurize()")
+    parser.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                        help="C H W, or H W, or H (default: the model's own, e.g. 3 32 32 for CIFAR ResNets)")  # fmt: skip
+    parser.add_argument("--num-classes", type=int, default=None, help="classifier size (model default)")
+    parser.add_argument("--form", choices=["deployed", "training"], default="deployed",
+                        help="count the decomposed deployment form (default) or the structured training form")  # fmt: skip
+    parser.add_argument("--layers", action="store_true", help="also print the per-layer rows")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def parse_input_size(values, arch: str) -> tuple[int, int, int]:
+    from .models import default_input_size
+
+    default = default_input_size(arch)
+    if not values:
+        return tuple(default)
+    values = [int(v) for v in values]
+    if any(v < 1 for v in values):
+        raise ValueError(f"--input-size {values}: sizes must be positive")
+    if len(values) == 1:
+        return (default[0], values[0], values[0])
+    if len(values) == 2:
+        return (default[0], *values)
+    if len(values) == 3:
+        return tuple(values)
+    raise ValueError(f"--input-size {values}: give C H W, H W or H")
+
+
+def profile(arch: str, *, struct: str | None = None, ratio: float | None = None, input_size=None,
+            num_classes: int | None = None, form: str = "deployed") -> dict:  # fmt: skip
+    """Count ops of ``arch`` (optionally Struct-A/B or a ratio) and compare with the paper's row."""
+    import torch
+
+    from .complexity import count_ops
+    from .convert import decompose
+    from .models import create_model
+    from .models.paper import paper_row
+
+    input_size = parse_input_size(input_size, arch)
+    struct = struct.upper() if struct else None
+    with torch.no_grad():
+        model = create_model(arch, num_classes=num_classes, in_chans=input_size[0], struct=struct, ratio=ratio)
+    structured = struct is not None or ratio is not None
+    if structured and form == "deployed":
+        model = decompose(model)
+    report = count_ops(model, (1, *input_size))
+    out = {"arch": arch, "struct": struct, "ratio": ratio, "form": form if structured else "dense",
+           "input_size": list(input_size), **report.to_dict()}  # fmt: skip
+    row = paper_row(arch, struct) if ratio is None else None
+    if row is not None:
+        comparable = tuple(input_size) == row.input_size and num_classes in (None, 10 if row.table == "Table 1" else 1000)
+        paper = {"table": row.table, "label": row.label, "input_size": list(row.input_size), **row.figures(),
+                 "accuracy": row.accuracy, "comparable": comparable}  # fmt: skip
+        if comparable:
+            paper["gap"] = {k: (out[k] - v) / v for k, v in row.figures().items() if v}
+        out["paper"] = paper
+    out["_report"] = report
+    return out
+
+
+def _fmt(value: float) -> str:
+    if value >= 1e9:
+        return f"{value / 1e9:.3f}G"
+    if value >= 1e6:
+        return f"{value / 1e6:.3f}M"
+    if value >= 1e3:
+        return f"{value / 1e3:.2f}K"
+    return f"{value:g}"
+
+
+def format_profile(result: dict) -> str:
+    what = result["arch"] + (f" Struct-{result['struct']}" if result["struct"] else "")
+    what += f" ratio {result['ratio']:g}" if result["ratio"] else ""
+    lines = [f"{what}  ({result['form']} form, input 1x{'x'.join(map(str, result['input_size']))})"]
+    paper = result.get("paper")
+    header = f"{'':8s} {'ours':>12s}"
+    if paper:
+        header += f" {'paper':>12s} {'gap':>8s}"
+    lines.append(header)
+    for key in ("adds", "mults", "params"):
+        line = f"{key:8s} {_fmt(result[key]):>12s}"
+        if paper:
+            ref = paper[key]
+            gap = paper.get("gap", {}).get(key)
+            line += f" {_fmt(ref) if ref else '-':>12s} {f'{gap:+.1%}' if gap is not None else '-':>8s}"
+        lines.append(line)
+    if paper:
+        note = f"paper: {paper['table']}, {paper['label']}"
+        if paper["accuracy"] is not None:
+            note += f", accuracy {paper['accuracy']:.2f}%"
+        if not paper["comparable"]:
+            size = "x".join(map(str, paper["input_size"]))
+            note += f"; paper figures are for input {size} and its own head, so no gap is computed"
+        lines.append(note)
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    result = profile(args.arch, struct=args.struct, ratio=args.ratio, input_size=args.input_size,
+                     num_classes=args.num_classes, form=args.form)  # fmt: skip
+    report = result.pop("_report")
+    if args.json:
+        if args.layers:
+            result["layers"] = report.to_dict(rows=True)["layers"]
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        if args.layers:
+            print(report)
+            print()
+        print(format_profile(result))
+    return 0
