@@ -92,3 +92,21 @@ def test_shared_parameters_counted_once():
     model = nn.Sequential(conv, conv)
     assert sc.count_ops(model, (1, 4, 5, 5)).params == sum(p.numel() for p in conv.parameters())
     assert math.isclose(sc.count_ops(model, (1, 4, 5, 5)).mults, 2 * sc.count_ops(conv, (1, 4, 5, 5)).mults)
+
+
+def test_pooled_map_conventions_differ_only_where_the_decomposition_skips_work():
+    # 3x3 pad 1 with n = N: the pool is channel-only and the padding is left to the small conv
+    conv = sc.structurize(nn.Conv2d(8, 4, 3, padding=1, bias=False), overrides={"": sc.StructureSpec(4, 3)})
+    deployed = sc.decompose(conv)
+    paper = sc.count_ops(deployed, (1, 8, 6, 6))
+    executed = sc.count_ops(deployed, (1, 8, 6, 6), pooled_map="executed")
+    window_adds = (8 - 4 + 1) - 1
+    assert paper.adds - executed.adds == window_adds * 4 * (8 * 8 - 6 * 6)
+    assert paper.mults == executed.mults
+    # 1x1 stride 2: the executed pool reads every other position only
+    down = sc.decompose(sc.structurize(nn.Conv2d(8, 4, 1, stride=2, bias=False), 2.0))
+    paper = sc.count_ops(down, (1, 8, 6, 6))
+    executed = sc.count_ops(down, (1, 8, 6, 6), pooled_map="executed")
+    assert paper.adds - executed.adds == 4 * 4 * (36 - 9)
+    with pytest.raises(ValueError, match="pooled_map='exact'"):
+        sc.count_ops(down, (1, 8, 6, 6), pooled_map="exact")

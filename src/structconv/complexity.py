@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import DecomposedCompositeConv, DecomposedLinear, SumPool
+from .functional import conv_padding
+from .layers import DecomposedCompositeConv, DecomposedLinear, SumPool, _DecomposedConvNd
 
 __all__ = ["LayerOps", "OpsReport", "count_ops"]
 
@@ -83,6 +84,17 @@ def _linear_ops(module: nn.Linear, out: torch.Tensor) -> tuple[int, int]:
     return adds, module.in_features * outputs
 
 
+def _paper_pool_adds(module: _DecomposedConvNd, inp: torch.Tensor) -> int:
+    """Sec. 4.2's pool adds: ``(prod(window) - 1) * c * H1 * W1`` with ``H1 = H + 2p - d(N - n)``,
+    the stride-1 pooled map of the padded input (what the paper counts for every layer)."""
+    pads = conv_padding(module.padding, module.kernel_size, module.dilation, module.stride)
+    pooled = 1
+    for size, (before, after), d, k, m in zip(inp.shape[2:], pads, module.dilation, module.kernel_size, module.n):
+        pooled *= size + before + after - d * (k - m)
+    window = math.prod(module.basis.pool_window)
+    return (window - 1) * module.c * module.groups * pooled * inp.shape[0]
+
+
 def _ops_of(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[int, int] | None:
     if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
         return _conv_ops(module, out)
@@ -120,14 +132,19 @@ _HOOKED = (
 
 
 @torch.no_grad()
-def count_ops(model: nn.Module, input_size) -> OpsReport:
+def count_ops(model: nn.Module, input_size, *, pooled_map: str = "paper") -> OpsReport:
     """Count adds, mults and params of ``model`` on an input of shape ``input_size``.
 
     ``input_size`` includes the batch dimension, e.g. ``(1, 3, 224, 224)``.  The model runs
     once in eval mode (restored afterwards) on zeros with its parameters' device and dtype.
-    See the module docstring for the convention.  Returns an :class:`OpsReport` with
-    ``.adds``, ``.mults``, ``.params`` and per-layer ``.rows``.
+    See the module docstring for the convention.  ``pooled_map`` chooses how many pooled
+    elements a decomposed conv's sum-pool is charged for: ``"paper"`` (Sec. 4.2, the stride-1
+    map of the padded input) or ``"executed"`` (the positions the implementation computes,
+    fewer for strided layers and where zero padding is left to the small conv).  Returns an
+    :class:`OpsReport` with ``.adds``, ``.mults``, ``.params`` and per-layer ``.rows``.
     """
+    if pooled_map not in ("paper", "executed"):
+        raise ValueError(f"count_ops: pooled_map={pooled_map!r} must be 'paper' or 'executed'")
     input_size = tuple(int(v) for v in input_size)
     if any(v < 1 for v in input_size):
         raise ValueError(f"count_ops: input_size={input_size} must be positive")
@@ -137,10 +154,19 @@ def count_ops(model: nn.Module, input_size) -> OpsReport:
     rows: list[LayerOps] = []
     uncounted: dict[str, int] = {}
 
+    # In the paper's convention a decomposed conv's pool is charged by the conv (it knows the
+    # padding and kernel), so its SumPool child is not counted on its own.
+    paper_pools = {
+        id(m.pool): m for m in model.modules() if isinstance(m, _DecomposedConvNd)
+    } if pooled_map == "paper" else {}  # fmt: skip
+
     def hook(name):
         def fn(module, args, out):
             inp = args[0] if args else None
-            ops = _ops_of(module, inp, out)
+            if id(module) in paper_pools:
+                ops = (_paper_pool_adds(paper_pools[id(module)], inp), 0)
+            else:
+                ops = _ops_of(module, inp, out)
             if ops is None:
                 key = type(module).__name__
                 uncounted[key] = uncounted.get(key, 0) + 1
