@@ -157,3 +157,23 @@ def test_structurize_with_a_ready_plan():
     assert names and all(n.startswith("layer3") for n in names)
     with pytest.raises(ValueError, match="pass filter_fn/overrides to plan"):
         sc.structurize(model, the_plan, overrides={"fc": None})
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "mobilenetv3_small_050"])
+def test_timm_models_structurize_and_decompose_exactly(name):
+    import timm  # a dev dependency: a missing timm must fail, not skip
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).eval().double()
+    report = sc.plan(model, 2.0)
+    assert not report.skipped, str(report)  # timm's Linear subclass converts like nn.Linear
+    structured = project_all(sc.structurize(model, 2.0))
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    assert rel_err(sc.decompose(structured)(x), structured(x)) <= 1e-10
+
+
+def test_timm_same_padding_conv_is_reported_not_converted():
+    import timm  # a dev dependency: a missing timm must fail, not skip
+    model = timm.create_model("tf_efficientnet_b0", num_classes=10)
+    skipped = {p.name: p.reason for p in sc.plan(model, 2.0).skipped}
+    assert "Conv2dSame" in skipped["conv_stem"]
+    assert type(sc.structurize(model, 2.0).conv_stem).__name__ == "Conv2dSame"

@@ -35,6 +35,14 @@ _DENSE_TO_STRUCTURED = {
     nn.Conv3d: StructuredConv3d,
 }
 _PREFERENCES = ("channels", "spatial")
+# Subclasses whose forward is exactly the parent's (checked by qualified name, so timm is not
+# imported): they convert like the parent.
+_EQUIVALENT_LINEAR = {"timm.layers.linear.Linear"}
+
+
+def _is_linear(module: nn.Module) -> bool:
+    cls = type(module)
+    return cls is nn.Linear or f"{cls.__module__}.{cls.__qualname__}" in _EQUIVALENT_LINEAR
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,7 @@ def _describe(module: nn.Module) -> tuple[str, int, tuple[int, ...]] | None:
     """(type name, channels per group, kernel size) for a convertible layer, else None."""
     if type(module) in _DENSE_TO_STRUCTURED:
         return type(module).__name__, module.in_channels // module.groups, tuple(module.kernel_size)
-    if type(module) is nn.Linear:
+    if _is_linear(module):
         return "Linear", module.in_features, ()
     return None
 
@@ -285,7 +293,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _structured_from_dense(module: nn.Module, spec: StructureSpec) -> nn.Module:
-    if type(module) is nn.Linear:
+    if _is_linear(module):
         return StructuredLinear.from_dense(module, r=spec.c)
     return _DENSE_TO_STRUCTURED[type(module)].from_dense(module, c=spec.c, n=spec.n)
 
