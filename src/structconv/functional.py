@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["box_sum", "sum_pool", "DecompositionGeometry", "conv_padding", "structured_conv"]
+__all__ = ["box_sum", "sum_pool", "channel_band_matrix", "channel_sum_matmul", "DecompositionGeometry", "conv_padding", "structured_conv"]
 
 # Windows up to this size are summed from shifted views (window - 1 adds, no cancellation);
 # larger ones use a cumulative sum (about 2 passes whatever the window).
@@ -54,13 +54,75 @@ def box_sum(x: Tensor, dim: int, window: int, dilation: int = 1, stride: int = 1
         for k in range(1, window):
             out = out + _axis_slice(x, dim, k * dilation, out_len, stride)
         return out
-    # Cumulative sum S; out[i] = S[i*t + w - 1] - S[i*t - 1], with S[-1] = 0.
+    # Cumulative sum S; out[i] = S[i*t + w - 1] - S[i*t - 1], with S[-1] = 0.  The result is
+    # written into one fresh tensor (no concatenation pass).
     cum = torch.cumsum(x, dim)
     hi = _axis_slice(cum, dim, window - 1, out_len, stride)
     if out_len == 1:
         return hi
     lo = _axis_slice(cum, dim, stride - 1, out_len - 1, stride)
-    return torch.cat((hi.narrow(dim, 0, 1), hi.narrow(dim, 1, out_len - 1) - lo), dim)
+    if (torch.is_grad_enabled() and x.requires_grad) or _tracing():
+        # autograd, tracers and exporters want out-of-place ops
+        return torch.cat((hi.narrow(dim, 0, 1), hi.narrow(dim, 1, out_len - 1) - lo), dim)
+    out = torch.empty_like(hi)
+    out.narrow(dim, 0, 1).copy_(hi.narrow(dim, 0, 1))
+    torch.sub(hi.narrow(dim, 1, out_len - 1), lo, out=out.narrow(dim, 1, out_len - 1))
+    return out
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
+def channel_band_matrix(
+    channels: int, channel_window: int, groups: int = 1, *, dtype: torch.dtype | None = None, device=None
+) -> Tensor:
+    """0/1 matrix ``M`` of shape ``(C, groups*c)`` with ``x @ M`` = the channel sum-pool of ``x``.
+
+    Column ``g*c + j`` has ones on rows ``g*Cg + j ... g*Cg + j + channel_window - 1``
+    (``Cg = C // groups``, ``c = Cg - channel_window + 1``): block-diagonal over groups.
+    """
+    per_group = channels // groups
+    c = per_group - channel_window + 1
+    rows = torch.arange(per_group, device=device).unsqueeze(1)
+    cols = torch.arange(c, device=device).unsqueeze(0)
+    band = ((rows >= cols) & (rows < cols + channel_window)).to(dtype or torch.get_default_dtype())
+    if groups == 1:
+        return band
+    return torch.block_diag(*([band] * groups))
+
+
+def _channels_innermost(x: Tensor) -> bool:
+    """True when ``x`` (B, C, *spatial) is dense with channels innermost (channels_last)."""
+    return x.dim() >= 3 and x.permute(0, *range(2, x.dim()), 1).is_contiguous()
+
+
+def channel_sum_matmul(x: Tensor, matrix: Tensor, stride: Sequence[int] = ()) -> Tensor:
+    """Channel sum-pool as one GEMM with the 0/1 ``matrix`` of :func:`channel_band_matrix`.
+
+    A channels_last input is viewed as ``(B*H*W, C)`` and multiplied in place of memory: the
+    result is channels_last and nothing is copied.  A contiguous (NCHW) input is multiplied as
+    ``M^T @ x.view(B, C, H*W)``.  With a ``stride`` (or another layout) it is a 1x1
+    convolution with the same 0/1 kernel, evaluated at the kept positions only.  Each output is a sum of ``channel_window`` inputs with
+    weight 1, so the result is exact up to float summation order.
+    """
+    b, ch = x.shape[:2]
+    spatial = x.shape[2:]
+    out_ch = matrix.shape[1]
+    if any(s != 1 for s in stride) or not (x.is_contiguous() or _channels_innermost(x)):
+        # Strided or irregular input: a 1x1 convolution with the 0/1 kernel reads the kept
+        # positions directly instead of copying them out first.
+        weight = matrix.t().reshape(out_ch, ch, *([1] * len(spatial)))
+        strides = tuple(stride) or (1,) * len(spatial)
+        return _CONV[len(spatial)](x, weight, None, strides)
+    nd = len(spatial)
+    if _channels_innermost(x):
+        # explicit permutations (no negative axes: they export to ONNX cleanly)
+        flat = x.permute(0, *range(2, nd + 2), 1).reshape(-1, ch)
+        y = torch.mm(flat, matrix)
+        return y.view(b, *spatial, out_ch).permute(0, nd + 1, *range(1, nd + 1))
+    y = torch.matmul(matrix.t(), x.reshape(b, ch, -1))
+    return y.view(b, out_ch, *spatial)
 
 
 def sum_pool(
@@ -91,18 +153,49 @@ def sum_pool(
     per_group = channels // groups
     if not 1 <= channel_window <= per_group:
         raise ValueError(f"channel_window={channel_window} must be in [1, {per_group}] (channels per group)")
+    return _sum_pool(x, channel_window, tuple(window), groups, dilation, stride, None)
 
+
+def _sum_pool(
+    x: Tensor,
+    channel_window: int,
+    window: tuple[int, ...],
+    groups: int,
+    dilation: tuple[int, ...],
+    stride: tuple[int, ...],
+    channel_matrix: Tensor | None,
+) -> Tensor:
+    """:func:`sum_pool` without argument checks; ``channel_matrix`` (from
+    :func:`channel_band_matrix`) selects the GEMM channel pool."""
+    nd = len(window)
+    per_group = x.shape[1] // groups
     # Apply the per-axis sums in the order that shrinks the tensor fastest (cheapest first).
     ops = []
     for a in range(nd):
+        if window[a] == 1 and stride[a] == 1:
+            continue
         size = x.shape[2 + a]
         span = (window[a] - 1) * dilation[a] + 1
         out = max((size - span) // stride[a] + 1, 0)
         ops.append((out / size, 2 + a))
-    ops.append(((per_group - channel_window + 1) / per_group, 1))
-    for _, dim in sorted(ops):
+    if channel_window > 1:
+        ops.append(((per_group - channel_window + 1) / per_group, 1))
+    if channel_matrix is not None and channel_window > 1:
+        # The GEMM reads the whole input once whatever the window: run it after the spatial
+        # sums that shrink the tensor, so it multiplies as few rows as possible.
+        ops.sort(key=lambda op: (op[1] == 1, op[0]))
+    else:
+        ops.sort()
+    if channel_matrix is not None and channel_window > 1 and all(w == 1 for w in window):
+        # Only strided subsampling besides the channel pool (e.g. a 1x1 stride-2 conv): one
+        # GEMM-like pass that reads just the kept positions.
+        return channel_sum_matmul(x, channel_matrix, stride)
+    for _, dim in ops:
         if dim == 1:
-            x = _channel_box_sum(x, channel_window, groups)
+            if channel_matrix is not None:
+                x = channel_sum_matmul(x, channel_matrix)
+            else:
+                x = _channel_box_sum(x, channel_window, groups)
         else:
             a = dim - 2
             x = box_sum(x, dim, window[a], dilation[a], stride[a])

@@ -1,0 +1,85 @@
+"""Interleaved timing: the one measurement procedure behind ``bench`` and ``autotune``.
+
+Variants are timed in the same process, round-robin (A B A B ...), after warm-up, and
+summarised by medians, so slow drifts of a shared machine hit every variant alike.  CUDA
+work is timed with CUDA events; CPU work with ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Callable, Mapping
+
+import torch
+
+__all__ = ["interleaved_times", "median_ms", "fixed_threads"]
+
+
+@contextmanager
+def fixed_threads(threads: int | None):
+    """Set ``torch.set_num_threads(threads)`` for the block (no-op when ``None``)."""
+    if threads is None:
+        yield torch.get_num_threads()
+        return
+    if threads < 1:
+        raise ValueError(f"threads={threads} must be >= 1")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(old)
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def interleaved_times(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    warmup: int = 3,
+    repeats: int = 15,
+    min_time_s: float = 0.0,
+    max_repeats: int | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, list[float]]:
+    """Milliseconds per call of every variant, timed round-robin after ``warmup`` rounds.
+
+    At least ``repeats`` rounds run, more while the total stays under ``min_time_s`` (up to
+    ``max_repeats``).  The order within a round alternates, so no variant always runs first.
+    """
+    device = torch.device(device)
+    names = list(fns)
+    if not names:
+        return {}
+    for _ in range(max(warmup, 0)):
+        for name in names:
+            fns[name]()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    rounds = 0
+    cap = max_repeats if max_repeats is not None else max(repeats, 1) * 20
+    while rounds < repeats or (time.perf_counter() - start < min_time_s and rounds < cap):
+        order = names if rounds % 2 == 0 else names[::-1]
+        for name in order:
+            times[name].append(_time_once(fns[name], device))
+        rounds += 1
+    return times
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
