@@ -1,42 +1,185 @@
-"""Struct-A / Struct-B plans of Sec. 6 as ``structurize`` overrides.
+"""Struct-A / Struct-B plans of Sec. 6 as per-layer ``structurize`` overrides.
 
-The paper's supplementary material with the exact per-layer ``(c, n)`` is not available; these
-plans follow the rules stated in Sec. 6.1 (see ``docs/plans.md`` for the derivation and every
-place where our counts differ from the tables):
+The paper's supplementary material with the exact per-layer ``(c, n)`` is not available.  These
+rules were derived by ``benchmarks/derive_plans.py`` and are documented, with every gap to the
+paper's tables and its reason, in ``docs/plans.md``.  Notation: a layer has ``C`` input
+channels per group and an ``N x N`` kernel; ``(c, n)`` is its structure (ratio ``C N^2 / c n^2``);
+``None`` leaves a layer dense.  The paper's text says "A = 2x for every layer, B = stages 1-2
+at 2x and 3-4 at 4x"; the numbers need something slightly different (docs/plans.md).
 
-* ResNets, Struct-A: every layer 2x (``C N^2 / c n^2 = 2``).
-* ResNets, Struct-B: the first half of the stages 2x, the rest 4x (ImageNet ResNets: stages 1-2
-  at 2x, stages 3-4 at 4x; the 3-stage CIFAR ResNets: stage 1 at 2x, stages 2-3 at 4x, which
-  lands closest to Table 1's Struct-20/32/56-B rows).
-* MobileNetV2: Struct-A 1.33x, Struct-B 2x on every layer.
-* EfficientNet-B1: Struct-EffNet, a uniform ratio chosen to reach Table 4's parameter count.
-* HRNet-W18-small-v2: Struct-HR-A, every layer 2x (Table 5: "about 2x smaller").
-
-Each plan is ``(base_ratio, overrides)``: ``structurize(model, base_ratio, overrides=...)``;
-override keys are ``fnmatch`` patterns of qualified layer names.
+:func:`struct_overrides` walks the model and returns one override per convertible layer, so
+``structurize(model, *struct_overrides(name, struct, model))`` applies the plan exactly.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 from torch import nn
 
-__all__ = ["PLANS", "plan_for", "struct_overrides", "has_plan"]
+from ..convert import StructureSpec
 
-Plan = tuple[float, dict[str, float]]
+__all__ = ["PLANS", "has_plan", "struct_overrides", "plan_for"]
 
-_RESNET_B_IMAGENET: Plan = (2.0, {"layer3.*": 4.0, "layer4.*": 4.0})
-_RESNET_B_CIFAR: Plan = (2.0, {"layer2.*": 4.0, "layer3.*": 4.0})
+Spec = StructureSpec | None
+Rule = Callable[[str, nn.Module], Spec]
 
-#: (architecture, "A" | "B") -> (base ratio, {layer pattern: ratio})
-PLANS: dict[tuple[str, str], Plan] = {
-    **{(f"cifar_resnet{d}", "A"): (2.0, {}) for d in (20, 32, 56)},
-    **{(f"cifar_resnet{d}", "B"): _RESNET_B_CIFAR for d in (20, 32, 56)},
-    **{(f"resnet{d}", "A"): (2.0, {}) for d in (18, 34, 50)},
-    **{(f"resnet{d}", "B"): _RESNET_B_IMAGENET for d in (18, 34, 50)},
-    ("mobilenet_v2", "A"): (1.33, {}),
-    ("mobilenet_v2", "B"): (2.0, {}),
-    ("efficientnet_b1", "A"): (1.6, {}),  # Struct-EffNet (Table 4 has a single structured row)
-    ("hrnet_w18_small_v2", "A"): (2.0, {}),  # Struct-HR-A (Table 5)
+
+# ---- per-layer strategies (docs/plans.md, "Strategies") -------------------------------------
+def _chan(m: nn.Module) -> int:
+    return m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups
+
+
+def _k(m: nn.Module) -> tuple[int, ...]:
+    return tuple(m.kernel_size)
+
+
+def _spec(m: nn.Module, c: int, n=None) -> Spec:
+    """``(c, n)`` clipped to the layer; ``None`` when it would not compress."""
+    C = _chan(m)
+    c = max(1, min(C, int(c)))
+    if isinstance(m, nn.Linear):
+        return None if c >= C else StructureSpec(c, ())
+    n = _k(m) if n is None else tuple(max(1, min(k, v)) for k, v in zip(_k(m), (n,) * len(_k(m)) if isinstance(n, int) else n))
+    if c * math.prod(n) >= C * math.prod(_k(m)):
+        return None
+    return StructureSpec(c, n)
+
+
+def chan(m, R: float) -> Spec:  # strategy "c": pool over channels only
+    return _spec(m, round(_chan(m) / R))
+
+
+def spatial(m) -> Spec:  # strategy "n": n = N - 1, all channels
+    return _spec(m, _chan(m), tuple(k - 1 for k in _k(m)))
+
+
+def c2n(m, R: float) -> Spec:  # strategy "c2n": c = 2C/R, n = N - 1
+    return _spec(m, round(2 * _chan(m) / R), tuple(k - 1 for k in _k(m)))
+
+
+def cn_exact(m, R: float) -> Spec:  # strategy "cn": n = N - 1 and the smallest c reaching ratio R
+    C, k = _chan(m), _k(m)
+    small = tuple(v - 1 for v in k)
+    return _spec(m, math.ceil(C * math.prod(k) / (R * math.prod(small))), small)
+
+
+def _is_kxk(m) -> bool:
+    return isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1
+
+
+def _is_dw(m) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
+# ---- families ------------------------------------------------------------------------------
+def _cifar(struct: str) -> Rule:
+    def rule(name: str, m: nn.Module) -> Spec:
+        if name == "conv1":  # stem (C=3, or 1 for grayscale data)
+            return _spec(m, _chan(m), 2) if struct == "A" else _spec(m, math.ceil(_chan(m) / 3))
+        if isinstance(m, nn.Linear):
+            return chan(m, 2 if struct == "A" else 4)
+        return chan(m, 2) if struct == "A" else cn_exact(m, 4)
+
+    return rule
+
+
+def _resnet_basic(struct: str) -> Rule:  # ResNet18 / ResNet34
+    def rule(name: str, m: nn.Module) -> Spec:
+        if name in ("conv1", "fc"):
+            return None
+        if ".downsample." in name:
+            return chan(m, 2) if struct == "A" else None
+        if struct == "A" or name.startswith("layer1."):
+            return spatial(m)
+        return c2n(m, 4)
+
+    return rule
+
+
+def _resnet50(struct: str) -> Rule:
+    def rule(name: str, m: nn.Module) -> Spec:
+        C = _chan(m)
+        if struct == "A":
+            if name == "conv1":
+                return _spec(m, 3, 6)
+            if name == "fc":
+                return _spec(m, 1024)
+            if ".downsample." in name:
+                return None
+            if name.endswith(".conv2"):
+                return spatial(m)
+            return _spec(m, C // 4) if name.endswith(".conv1") else _spec(m, 3 * C // 4)
+        if name == "conv1":
+            return _spec(m, 2, 7)
+        if name == "fc":
+            return None
+        if name.startswith("layer1."):
+            return None if name.endswith(".conv1") else chan(m, 2)
+        return chan(m, 4)
+
+    return rule
+
+
+def _mobilenet_v2(struct: str) -> Rule:
+    def rule(name: str, m: nn.Module) -> Spec:
+        C = _chan(m)
+        if name == "features.0.0":
+            return _spec(m, 3, 2) if struct == "A" else None
+        if name == "features.18.0":
+            return _spec(m, C // 4 if struct == "A" else 3 * C // 4)
+        if isinstance(m, nn.Linear):
+            return chan(m, 4 / 3 if struct == "A" else 2)
+        if _is_dw(m):
+            return spatial(m)
+        if m.out_channels > m.in_channels:  # expand 1x1
+            return _spec(m, round(3 * C / 4))
+        return None if struct == "A" else _spec(m, C // 4)  # project 1x1
+
+    return rule
+
+
+def _efficientnet(struct: str) -> Rule:
+    def rule(name: str, m: nn.Module) -> Spec:
+        if name == "features.0.0":
+            return _spec(m, 3, 2)
+        if isinstance(m, nn.Linear) or _is_dw(m) or ".block.2." in name and "fc" in name.rsplit(".", 1)[-1]:
+            return None
+        if not name.startswith("features.") or name.count(".") < 3 or ".block." not in name:
+            return None  # head 1x1 (features.8.0) and anything outside the MBConv blocks
+        if "fc1" in name or "fc2" in name:  # squeeze-excitation
+            return None
+        C = _chan(m)
+        return _spec(m, round(3 * C / 4)) if m.out_channels > m.in_channels else _spec(m, C // 4)
+
+    return rule
+
+
+def _hrnet(struct: str) -> Rule:
+    def rule(name: str, m: nn.Module) -> Spec:
+        if not isinstance(m, nn.Conv2d):
+            return None
+        C = _chan(m)
+        if name.startswith("layer1.") and name.endswith(".conv2"):
+            return chan(m, 2)
+        if name.startswith("stage") and ".branches." in name and _is_kxk(m):
+            return chan(m, 2)
+        if name.startswith("transition") or ".fuse_layers." in name:
+            return spatial(m) if _is_kxk(m) else _spec(m, C // 2)
+        return None  # stem, layer1 1x1s and downsample, classification head
+
+    return rule
+
+
+#: (architecture, "A" | "B") -> per-layer rule; Struct-EffNet and Struct-HR-A are stored as "A"
+PLANS: dict[tuple[str, str], Rule] = {
+    **{(f"cifar_resnet{d}", s): _cifar(s) for d in (20, 32, 44, 56, 110) for s in "AB"},
+    **{(f"resnet{d}", s): _resnet_basic(s) for d in (18, 34) for s in "AB"},
+    **{("resnet50", s): _resnet50(s) for s in "AB"},
+    **{("mobilenet_v2", s): _mobilenet_v2(s) for s in "AB"},
+    ("efficientnet_b1", "A"): _efficientnet("A"),
+    ("hrnet_w18_small_v2", "A"): _hrnet("A"),
 }
 
 
@@ -44,21 +187,29 @@ def has_plan(name: str, struct: str) -> bool:
     return (name, str(struct).upper()) in PLANS
 
 
-def plan_for(name: str, struct: str) -> Plan:
-    """The ``(base_ratio, overrides)`` of the paper's Struct-``struct`` version of ``name``."""
-    key = (name, str(struct).upper())
-    if str(struct).upper() not in ("A", "B"):
+def _rule(name: str, struct: str) -> Rule:
+    s = str(struct).upper()
+    if s not in ("A", "B"):
         raise ValueError(f"struct={struct!r} must be 'A' or 'B'")
-    if key not in PLANS:
-        known = sorted({f"{a}/{s}" for a, s in PLANS})
+    if (name, s) not in PLANS:
+        known = sorted({f"{a}/{v}" for a, v in PLANS})
         raise ValueError(
-            f"no Struct-{key[1]} plan for {name!r} (the paper has: {', '.join(known)}); "
+            f"no Struct-{s} plan for {name!r} (plans exist for: {', '.join(known)}); "
             "use a uniform ratio instead (--ratio R / create_model(..., ratio=R))"
         )
-    base, overrides = PLANS[key]
-    return base, dict(overrides)
+    return PLANS[(name, s)]
 
 
-def struct_overrides(name: str, struct: str, model: nn.Module | None = None) -> Plan:
-    """Like :func:`plan_for`; ``model`` is accepted for plans that depend on layer shapes."""
-    return plan_for(name, struct)
+def struct_overrides(name: str, struct: str, model: nn.Module) -> tuple[float, dict[str, Spec]]:
+    """``(ratio, overrides)`` for ``structurize``: one explicit entry (spec or None) per layer of ``model``."""
+    rule = _rule(name, struct)
+    overrides: dict[str, Spec] = {}
+    for fqn, m in model.named_modules():
+        if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear):
+            overrides[fqn] = rule(fqn, m)
+    return 2.0, overrides
+
+
+def plan_for(name: str, struct: str, model: nn.Module) -> dict[str, Spec]:
+    """``{layer: StructureSpec or None}`` of the Struct-``struct`` plan of ``model`` (architecture ``name``)."""
+    return struct_overrides(name, struct, model)[1]

@@ -1,0 +1,64 @@
+"""torchrun + DistributedDataParallel plumbing (torchvision references' ``init_distributed_mode``).
+
+``torchrun --nproc-per-node N -m structconv.cli train ...`` sets ``RANK``/``WORLD_SIZE``/
+``LOCAL_RANK``; each process is one rank.  The backend is NCCL on GPUs and gloo on CPU.
+Multi-node: the usual ``torchrun --nnodes M --node-rank K --rdzv-endpoint HOST:PORT`` flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["DistContext", "init_distributed", "wrap", "barrier", "cleanup"]
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "cpu") -> DistContext:
+    """Join the process group when launched by torchrun; a single-process context otherwise."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistContext(device=torch.device(device))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistContext(rank, world, local_rank, local_world, dev)
+
+
+def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """``DistributedDataParallel(model)`` when distributed, else ``model`` itself."""
+    if not ctx.distributed:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
