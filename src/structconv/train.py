@@ -452,13 +452,13 @@ def _train(args, ctx, build_datasets, ResumableSampler, count_ops, decompose, st
         return 0
     if is_main:
         _finish(args, model, info, state, history, out_dir, decompose, count_ops, StructuredLayer, DecomposedLayer,
-                steps_per_epoch)
+                steps_per_epoch, ctx.world_size)
     dist_utils.barrier(ctx)
     return 0
 
 
 def _finish(args, model, info, state, history, out_dir, decompose, count_ops, StructuredLayer, DecomposedLayer,
-            steps_per_epoch: int) -> None:
+            steps_per_epoch: int, world_size: int = 1) -> None:
     """Step 2 (decompose), final checkpoints, ``results.json`` and the report table."""
     from .serialization import save
 
@@ -481,7 +481,7 @@ def _finish(args, model, info, state, history, out_dir, decompose, count_ops, St
         "accuracy_after_decomposition": last.get("accuracy_decomposed", acc if is_decomposed else None),
         "structure_error_mean": last.get("structure_error_mean"), "structure_error_max": last.get("structure_error_max"),
         "adds": ops.adds, "mults": ops.mults, "params": ops.params, "train_seconds": state["train_seconds"],
-        "history": history, "args": _json_safe(args),
+        "world_size": world_size, "history": history, "args": _json_safe(args),
     }  # fmt: skip
     tmp = out_dir / ".results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
