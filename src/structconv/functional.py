@@ -180,12 +180,10 @@ def _sum_pool(
         ops.append((out / size, 2 + a))
     if channel_window > 1:
         ops.append(((per_group - channel_window + 1) / per_group, 1))
-    if channel_matrix is not None and channel_window > 1:
-        # The GEMM reads the whole input once whatever the window: run it after the spatial
-        # sums that shrink the tensor, so it multiplies as few rows as possible.
-        ops.sort(key=lambda op: (op[1] == 1, op[0]))
-    else:
-        ops.sort()
+    # The GEMM reads the whole input once whatever the window: run it after the spatial sums
+    # that shrink the tensor, so it multiplies as few rows as possible.
+    gemm_last = channel_matrix is not None and channel_window > 1
+    ops = _ordered(ops, gemm_last)
     if channel_matrix is not None and channel_window > 1 and all(w == 1 for w in window):
         # Only strided subsampling besides the channel pool (e.g. a 1x1 stride-2 conv): one
         # GEMM-like pass that reads just the kept positions.
@@ -200,6 +198,24 @@ def _sum_pool(
             a = dim - 2
             x = box_sum(x, dim, window[a], dilation[a], stride[a])
     return x
+
+
+def _ordered(ops: list, gemm_last: bool) -> list:
+    """``ops`` sorted by (channel op last if ``gemm_last``, shrink ratio, dim): an insertion
+    sort with plain comparisons, which torch.compile traces (``list.sort`` on size-derived
+    keys is a graph break)."""
+    out: list = []
+    for op in ops:
+        key = (gemm_last and op[1] == 1, op[0], op[1])
+        i = len(out)
+        while i > 0:
+            prev = out[i - 1]
+            pkey = (gemm_last and prev[1] == 1, prev[0], prev[1])
+            if (pkey[0], pkey[1], pkey[2]) <= (key[0], key[1], key[2]):
+                break
+            i -= 1
+        out.insert(i, op)
+    return out
 
 
 def _channel_box_sum(x: Tensor, window: int, groups: int) -> Tensor:

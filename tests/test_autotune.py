@@ -1,0 +1,108 @@
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import structconv as sc
+from structconv.autotune import candidate_structures, optimize, speed_plan
+
+from .conftest import rel_err
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Conv2d(16, 32, 1, stride=2), nn.Flatten(), nn.LazyLinear(10),
+    )  # fmt: skip
+    model(torch.randn(1, 3, 8, 8))
+    return model.eval()
+
+
+def _decomposed():
+    structured = sc.structurize(_tiny(), 2.0)
+    for m in structured.modules():
+        if isinstance(m, sc.StructuredLayer):
+            m.project_()
+    return structured, sc.decompose(structured).eval()
+
+
+def test_optimize_is_exact_and_reports_every_layer(tmp_path):
+    structured, dec = _decomposed()
+    x = torch.randn(2, 3, 8, 8)
+    cache = tmp_path / "tune.json"
+    tuned, report = optimize(dec, x, threads=1, cache=cache, repeats=2, warmup=1, min_time_s=0)
+    names = [n for n, m in dec.named_modules() if isinstance(m, sc.DecomposedLayer)]
+    assert [c.name for c in report.layers] == names
+    assert all(c.choice in ("decomposed", "dense") for c in report.layers)
+    assert report.threads == 1
+    with torch.no_grad():
+        assert rel_err(tuned(x), structured(x)) < 1e-5
+    assert "Autotune" in str(report) and names[0] in str(report)
+    data = json.loads(cache.read_text())
+    assert len(data) == len(names)
+    # the second run reads every decision from the cache
+    _, again = optimize(dec, x, threads=1, cache=cache)
+    assert all(c.cached for c in again.layers)
+    assert [c.choice for c in again.layers] == [c.choice for c in report.layers]
+
+
+def test_cached_dense_choice_replaces_layer_with_exact_dense_kernel(tmp_path):
+    structured, dec = _decomposed()
+    x = torch.randn(2, 3, 8, 8)
+    cache = tmp_path / "tune.json"
+    optimize(dec, x, threads=1, cache=cache, repeats=1, warmup=0, min_time_s=0)
+    data = json.loads(cache.read_text())
+    for entry in data.values():
+        entry["choice"] = "dense"
+    cache.write_text(json.dumps(data))
+    tuned, report = optimize(dec, x, threads=1, cache=cache)
+    assert report.dense_layers == [c.name for c in report.layers]
+    assert not any(isinstance(m, sc.DecomposedLayer) for m in tuned.modules())
+    assert type(tuned[2]) is nn.Conv2d
+    with torch.no_grad():
+        assert rel_err(tuned(x), structured(x)) < 1e-5
+    # the input model is untouched (inplace=False)
+    assert isinstance(dec[2], sc.DecomposedConv2d)
+
+
+def test_cached_pool_choice_is_applied(tmp_path):
+    _, dec = _decomposed()
+    x = torch.randn(2, 3, 8, 8)
+    cache = tmp_path / "tune.json"
+    optimize(dec, x, threads=1, cache=cache, repeats=1, warmup=0, min_time_s=0)
+    data = json.loads(cache.read_text())
+    key = next(k for k in data if "16->16" in k)
+    data[key].update(choice="decomposed", pool="sum")
+    cache.write_text(json.dumps(data))
+    tuned, _ = optimize(dec, x, threads=1, cache=cache)
+    assert tuned[2].pool.channel_method == "sum"
+
+
+def test_optimize_rejects_models_without_decomposed_layers():
+    with pytest.raises(ValueError, match="decompose"):
+        optimize(_tiny(), torch.randn(1, 3, 8, 8), cache=False)
+
+
+def test_candidate_structures_reach_the_ratio():
+    cands = candidate_structures(64, (3, 3), 2.0)
+    assert cands
+    for spec in cands:
+        assert 64 * 9 / (spec.c * math.prod(spec.n)) >= 2.0 - 1e-9
+    assert sc.StructureSpec(32, (3, 3)) in cands
+
+
+def test_speed_plan_gives_overrides_structurize_accepts():
+    model = _tiny()
+    x = torch.randn(1, 3, 8, 8)
+    plan = speed_plan(model, x, 2.0, threads=1, repeats=1, warmup=0)
+    assert plan.overrides, "the 16-channel 3x3 conv has several choices"
+    structured = sc.structurize(model, 2.0, overrides=plan.overrides)
+    for name, spec in plan.overrides.items():
+        layer = structured.get_submodule(name)
+        assert (layer.c, layer.n) == (spec.c, spec.n)
+        assert layer.basis.ratio >= 2.0 - 1e-9
+    assert "SpeedPlan" in str(plan)

@@ -1,0 +1,101 @@
+"""The speed paths of the deployment form compute the same function as the reference paths."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import structconv as sc
+from structconv.functional import box_sum, channel_band_matrix, channel_sum_matmul
+
+from .conftest import TOL, float64_reference, rel_err
+from .test_layers import STRUCTURED, build, conv_configs
+
+FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _reference_channel_pool(x, window, groups):
+    b, ch = x.shape[:2]
+    g = x.reshape(b, groups, ch // groups, *x.shape[2:])
+    c = ch // groups - window + 1
+    return torch.stack([g[:, :, j : j + window].sum(2) for j in range(c)], 2).reshape(b, groups * c, *x.shape[2:])
+
+
+@pytest.mark.parametrize("channels,window,groups", [(8, 5, 1), (64, 33, 1), (12, 4, 3), (16, 5, 2), (7, 7, 1)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_channel_sum_matmul_equals_window_sums(channels, window, groups, layout):
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, 5, 6, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    m = channel_band_matrix(channels, window, groups, dtype=torch.float64)
+    assert set(m.unique().tolist()) <= {0.0, 1.0} and m.sum() == m.shape[1] * window
+    got = channel_sum_matmul(x, m)
+    assert rel_err(got, _reference_channel_pool(x, window, groups)) < 1e-12
+    if layout == "channels_last":  # the GEMM keeps the layout: nothing to copy before the conv
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    strided = channel_sum_matmul(x, m, (2, 3))
+    assert rel_err(strided, _reference_channel_pool(x, window, groups)[:, :, ::2, ::3]) < 1e-12
+
+
+@pytest.mark.parametrize("window,stride", [(5, 1), (7, 2), (9, 3), (6, 1)])
+def test_cumsum_box_sum_matches_direct_sum(window, stride):
+    x = torch.randn(3, 20, 4, dtype=torch.float64)
+    expected = torch.stack([x[:, i * stride : i * stride + window].sum(1) for i in range((20 - window) // stride + 1)], 1)
+    with torch.no_grad():
+        assert rel_err(box_sum(x, 1, window, 1, stride), expected) < 1e-12
+    y = x.clone().requires_grad_()
+    out = box_sum(y, 1, window, 1, stride)  # autograd path
+    assert rel_err(out, expected) < 1e-12
+    out.sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
+
+
+@settings(max_examples=120)
+@given(cfg=conv_configs(max_nd=3), method=st.sampled_from(["auto", "matmul", "sum"]),
+       channels_last=st.booleans(), seed=st.integers(0, 2**31 - 1))  # fmt: skip
+def test_decomposed_layer_fast_paths_are_exact(cfg, method, channels_last, seed):
+    """Every channel-pool method, in NCHW and channels_last, equals the projected dense layer."""
+    torch.manual_seed(seed)
+    layer = build(STRUCTURED[cfg["nd"]], cfg, torch.float32)
+    layer.project_()
+    dec = layer.decompose()
+    dec.pool.channel_method = method
+    x = torch.randn(2, cfg["in_channels"], *cfg["size"])
+    expected = float64_reference(layer, x)
+    if channels_last and x.dim() in FORMATS:
+        x = x.contiguous(memory_format=FORMATS[x.dim()])
+        dec = dec.to(memory_format=FORMATS[x.dim()])
+    with torch.inference_mode():
+        got = dec(x)
+    assert rel_err(got, expected) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("channels,c,stride", [(64, 32, 1), (32, 8, 2), (48, 16, 1)])
+def test_wide_channel_pools_use_the_gemm_and_are_exact(channels, c, stride):
+    torch.manual_seed(1)
+    layer = sc.StructuredConv2d(channels, 24, 3, stride=stride, padding=1, c=c, n=3).project_()
+    dec = layer.decompose()
+    assert dec.pool._use_matmul(channels)
+    x = torch.randn(2, channels, 9, 9)
+    expected = float64_reference(layer, x)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        d = dec.to(memory_format=fmt)
+        with torch.inference_mode():
+            assert rel_err(d(x.contiguous(memory_format=fmt)), expected) <= TOL[torch.float32]
+
+
+def test_channel_method_validation():
+    pool = sc.SumPool(3, (1, 1))
+    with pytest.raises(ValueError, match="channel_method"):
+        pool.channel_method = "fast"
+
+
+def test_gemm_pool_follows_dtype_and_keeps_state_dict():
+    layer = sc.StructuredConv2d(16, 8, 3, padding=1, c=4, n=3, dtype=torch.float64).project_()
+    dec = layer.decompose()
+    assert not any("matrix" in k for k in dec.state_dict())
+    x = torch.randn(1, 16, 5, 5, dtype=torch.float64)
+    assert rel_err(dec(x), layer(x)) < 1e-10
+    dec32 = dec.float()
+    assert rel_err(dec32(x.float()), layer(x)) < 1e-5
