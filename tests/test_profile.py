@@ -37,7 +37,7 @@ def test_struct_b_rows_compress_more_than_a():
 
 
 def test_every_paper_arch_resolves():
-    assert {r.arch for r in PAPER_ROWS} >= {"cifar_resnet20", "resnet50", "hrnet_w18_small_v2"}
+    assert {r.arch for r in PAPER_ROWS} >= {"cifar_resnet20", "resnet50", "hrnet_w18_small_v2_seg"}
 
 
 def test_cli_json_and_text(capsys):
@@ -53,3 +53,18 @@ def test_cli_json_and_text(capsys):
 def test_cli_unknown_arch_exits_2(capsys):
     assert cli(["profile", "--arch", "no_such_net"]) == 2
     assert "unknown architecture 'no_such_net'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_table5_hrnet_segmentation_rows():
+    base = profile("hrnet_w18_small_v2_seg")
+    assert base["input_size"] == [3, 1024, 2048]
+    assert abs(base["paper"]["gap"]["adds"]) < 0.01 and abs(base["paper"]["gap"]["mults"]) < 0.01
+    assert abs(base["paper"]["gap"]["params"]) < 0.015  # the paper prints 3.9M (2 digits)
+    a = profile("hrnet_w18_small_v2_seg", struct="A")
+    assert 1.8 < base["params"] / a["params"] < 2.2  # "about 2x smaller"
+
+
+def test_classification_hrnet_is_not_compared_with_table5():
+    out = profile("hrnet_w18_small_v2", input_size=[64])
+    assert "paper" not in out  # Table 5 belongs to the segmentation model

@@ -69,7 +69,7 @@ def profile(arch: str, *, struct: str | None = None, ratio: float | None = None,
            "input_size": list(input_size), **report.to_dict()}  # fmt: skip
     row = paper_row(arch, struct) if ratio is None else None
     if row is not None:
-        comparable = tuple(input_size) == row.input_size and num_classes in (None, 10 if row.table == "Table 1" else 1000)
+        comparable = tuple(input_size) == row.input_size and num_classes in (None, {"Table 1": 10, "Table 5": 19}.get(row.table, 1000))
         paper = {"table": row.table, "label": row.label, "input_size": list(row.input_size), **row.figures(),
                  "accuracy": row.accuracy, "comparable": comparable}  # fmt: skip
         if comparable:
@@ -108,7 +108,8 @@ def format_profile(result: dict) -> str:
     if paper:
         note = f"paper: {paper['table']}, {paper['label']}"
         if paper["accuracy"] is not None:
-            note += f", accuracy {paper['accuracy']:.2f}%"
+            metric = "Cityscapes mIoU" if paper["table"] == "Table 5" else "top-1"
+            note += f", {metric} {paper['accuracy']:.2f}%"
         if not paper["comparable"]:
             size = "x".join(map(str, paper["input_size"]))
             note += f"; paper figures are for input {size} and its own head, so no gap is computed"

@@ -14,17 +14,20 @@ from typing import Callable
 from torch import nn
 
 from .cifar_resnet import cifar_resnet20, cifar_resnet32, cifar_resnet56
+from .hrnet_seg import hrnet_w18_small_v2_seg
 
 __all__ = ["create_model", "list_models", "default_input_size", "structurize_model", "PAPER_MODELS"]
 
 _CIFAR = {"cifar_resnet20": cifar_resnet20, "cifar_resnet32": cifar_resnet32, "cifar_resnet56": cifar_resnet56}
 _TORCHVISION = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet_b1")
 _TIMM = ("hrnet_w18_small_v2",)
+# structconv-built models other than the CIFAR ResNets (Table 5's segmentation HRNet)
+_OWN = {"hrnet_w18_small_v2_seg": hrnet_w18_small_v2_seg}
 #: the architectures of the paper's Sec. 6, in table order
-PAPER_MODELS = (*_CIFAR, *_TORCHVISION, *_TIMM)
+PAPER_MODELS = (*_CIFAR, *_TORCHVISION, *_TIMM, *_OWN)
 
 # the resolution each model is evaluated at in the paper (EfficientNet-B1 is a 240px model)
-_INPUT_SIZE = {"efficientnet_b1": (3, 240, 240)}
+_INPUT_SIZE = {"efficientnet_b1": (3, 240, 240), "hrnet_w18_small_v2_seg": (3, 1024, 2048)}
 
 
 def list_models() -> list[str]:
@@ -151,6 +154,10 @@ def dense_model(name: str, *, num_classes: int | None = None, in_chans: int | No
             raise ValueError(f"no pretrained weights exist for {name!r}; train it with `structconv train`")
         kwargs = {"num_classes": num_classes or 10, "in_chans": in_chans or 3}
         return _CIFAR[name](**kwargs)
+    if name in _OWN:
+        if pretrained:
+            raise ValueError(f"no pretrained weights exist for {name!r}")
+        return _OWN[name](num_classes=num_classes or 19, in_chans=in_chans or 3)
     if _is_torchvision(name):
         return _torchvision_model(name, num_classes, in_chans, pretrained)
     if _is_timm(name):

@@ -158,6 +158,7 @@ def _efficientnet(struct: str) -> Rule:
 
 def _hrnet(struct: str) -> Rule:
     def rule(name: str, m: nn.Module) -> Spec:
+        name = name.removeprefix("backbone.")  # the segmentation model wraps timm's backbone
         if not isinstance(m, nn.Conv2d):
             return None
         C = _chan(m)
@@ -180,6 +181,7 @@ PLANS: dict[tuple[str, str], Rule] = {
     **{("mobilenet_v2", s): _mobilenet_v2(s) for s in "AB"},
     ("efficientnet_b1", "A"): _efficientnet("A"),
     ("hrnet_w18_small_v2", "A"): _hrnet("A"),
+    ("hrnet_w18_small_v2_seg", "A"): _hrnet("A"),
 }
 
 
