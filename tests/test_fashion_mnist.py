@@ -21,7 +21,7 @@ HAVE_DATA = (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file()
 def test_struct_a_resnet20_decomposes_without_losing_accuracy(tmp_path):
     argv = ["train", "--arch", "cifar_resnet20", "--mode", "sr", "--struct", "A", "--lam", "2",
             "--dataset", "fashion-mnist", "--data-path", str(tmp_path / "data"), "--max-steps", "250",
-            "--batch-size", "64", "--lr", "0.1", "--eval-subset", "2000", "--threads", "2",
+            "--batch-size", "64", "--lr", "0.1", "--eval-subset", "2000", "--threads", "1",
             "--output-dir", str(tmp_path / "run"), "--no-progress", "--quiet"]  # fmt: skip
     assert cli(argv) == 0
     res = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -11,7 +11,7 @@ from structconv.serialization import read_checkpoint
 
 from ._synthetic import make_cifar10, make_fashion_mnist
 
-TINY = ["--batch-size", "32", "--eval-subset", "32", "--no-progress", "--quiet", "--threads", "2", "--print-freq", "2"]
+TINY = ["--batch-size", "32", "--eval-subset", "32", "--no-progress", "--quiet", "--threads", "1", "--print-freq", "2"]
 
 
 @pytest.fixture(scope="module")
