@@ -30,9 +30,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if missing")
     p.add_argument("--eval-subset", type=int, help="evaluate on the first N test images (default: all 10,000)")
     p.add_argument("--output-dir", default="runs/demo")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores on an idle machine, 1 on a busy one)")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _auto_threads() -> int:
+    """All cores when the machine is idle; 1 when it is busy, where oversubscribed OpenMP
+    threads made training ~10x slower on the 2-core development machines."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0] > cores - 0.5
+    except OSError:
+        busy = False
+    return 1 if busy else max(1, cores)
 
 
 def _train_argv(args, mode: str, out: Path) -> list[str]:
@@ -78,6 +91,9 @@ def format_table(base: dict, struct: dict, *, budget: str) -> str:
 def main(args: argparse.Namespace) -> int:
     from .cli import main as cli
 
+    if args.threads is None:
+        args.threads = _auto_threads()
+        print(f"using {args.threads} torch thread(s) (--threads to override)", flush=True)
     out = Path(args.output_dir)
     runs = {"baseline": out / "baseline", "sr": out / f"struct_{args.struct.lower()}"}
     tic = time.perf_counter()
