@@ -93,3 +93,18 @@ def test_decompose_and_eval_commands(tmp_path, fmnist, capsys):
     assert "no structured layers" in capsys.readouterr().err
     assert cli(["eval", str(tmp_path / "none.pth")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_demo_main_job_prints_the_comparison_table(tmp_path, fmnist, capsys):
+    from structconv import demo
+
+    args = demo.get_args_parser().parse_args(["--steps", "2", "--data-path", str(fmnist), "--eval-subset", "32",
+                                              "--output-dir", str(tmp_path), "--threads", "1", "--no-progress"])  # fmt: skip
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    assert "acc. before decomp. (%)" in out and "ResNet20 baseline" in out and "Struct-A" in out
+    base = json.loads((tmp_path / "baseline" / "results.json").read_text())
+    struct = json.loads((tmp_path / "struct_a" / "results.json").read_text())
+    assert f"{base['params']:,}" in out and f"{struct['params']:,}" in out
+    assert struct["params"] < 0.6 * base["params"]
+    assert f"Budget: {struct['steps']} steps x 128 images" in out and struct["steps"] == base["steps"] == 1

@@ -108,8 +108,9 @@ def main(args: argparse.Namespace) -> int:
             return status
         results[mode] = json.loads((directory / "results.json").read_text())
     base, struct = results["baseline"], results["sr"]
-    images = args.steps * 128
-    budget = (f"{args.steps} steps x 128 images = {images:,} images ({images / 60000:.2f} epoch of the 60,000) per model, "
+    steps = struct["steps"]
+    images = steps * 128
+    budget = (f"{steps} steps x 128 images = {images:,} images ({images / 60000:.2f} epoch of the 60,000) per model, "
               f"tested on {'the first %d' % args.eval_subset if args.eval_subset else 'all 10,000'} test images; "
               f"total {time.perf_counter() - tic:.0f} s")  # fmt: skip
     print()
