@@ -14,7 +14,14 @@ settings.register_profile(
 )
 settings.load_profile("structconv")
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per xdist worker (and per subprocess a test starts): two workers with two
+    # OpenMP threads each on two cores stall in every parallel region whenever a thread is
+    # descheduled -- a plain conv2d was measured 100x slower that way.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
