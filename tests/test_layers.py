@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -223,3 +225,43 @@ def test_repr_mentions_structure():
     assert "c=4" in repr(conv) and "n=(2, 2)" in repr(conv)
     dec = conv.decompose()
     assert "SumPool" in repr(dec) and "channel_window=5" in repr(dec)
+
+
+def test_orthonormal_parametrization_keeps_function_and_projects_gradient_steps():
+    """SGD on beta (alpha = (A^T A)^{-1/2} beta) is dense SGD with the gradient projected onto the subspace."""
+    from structconv.layers import deorthonormalize_, orthonormalize_
+
+    torch.manual_seed(0)
+    layer = sc.DecomposedConv2d(6, 4, 3, stride=2, padding=1, c=3, n=2, dtype=torch.float64)
+    x = torch.randn(2, 6, 9, 9, dtype=torch.float64)
+    before = layer(x)
+    w_before = layer.basis.compose(layer.weight.detach())
+    orthonormalize_(layer)
+    assert rel_err(layer(x), before) <= 1e-12
+    assert {n for n, _ in layer.named_parameters()} == {"conv.bias", "conv.parametrizations.weight.original"}
+
+    # the dense gradient at the same kernel
+    w = w_before.clone().requires_grad_(True)
+    torch.nn.functional.conv2d(x, w, layer.bias.detach(), stride=2, padding=1).square().sum().backward()
+    lr = 1e-3
+    opt = torch.optim.SGD([layer.conv.parametrizations.weight.original], lr=lr)
+    layer(x).square().sum().backward()
+    opt.step()
+    w_after = layer.basis.compose(layer.weight.detach())
+    expected = w_before - lr * layer.basis.project(w.grad)
+    torch.testing.assert_close(w_after, expected, rtol=1e-10, atol=1e-12)
+
+    deorthonormalize_(layer)
+    assert {n for n, _ in layer.named_parameters()} == {"conv.weight", "conv.bias"}
+    assert layer.basis.compose(layer.weight.detach()).allclose(w_after)
+
+
+def test_direct_training_init_is_the_projection_of_a_dense_init():
+    torch.manual_seed(0)
+    for layer in (sc.DecomposedConv2d(8, 16, 3, c=4, n=2), sc.DecomposedLinear(64, 10, r=32)):
+        basis = layer.basis
+        # alpha = A^+ W0 lies in the range of A^+: composing and re-projecting changes nothing
+        alpha = layer.weight.detach()
+        torch.testing.assert_close(basis.coefficients(basis.compose(alpha)), alpha, rtol=1e-5, atol=1e-6)
+        dense_bound = 1 / math.sqrt(math.prod(basis.full_shape))  # kaiming_uniform(a=sqrt 5) bound
+        assert basis.compose(alpha).abs().max() <= dense_bound * 1.0001

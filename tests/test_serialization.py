@@ -63,3 +63,14 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
         sc.load(good, nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)))
     with pytest.raises(ValueError, match="records no architecture"):
         sc.load(good)
+
+
+def test_orthonormal_direct_training_checkpoint_round_trip(tmp_path):
+    from structconv.layers import orthonormalize_
+
+    model = orthonormalize_(sc.decompose(sc.structurize(small_net(), 2.0)))
+    sc.save(model, tmp_path / "direct.pt")
+    loaded = sc.load(tmp_path / "direct.pt", small_net())
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(loaded(x), model(x))

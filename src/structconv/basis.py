@@ -73,9 +73,18 @@ def _band_ops_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
-def _band_ops(size: int, m: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    pinv, proj = _band_ops_cpu64(size, m)
-    return pinv.to(device=device, dtype=dtype), proj.to(device=device, dtype=dtype)
+def _gram_roots_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
+    """``(T^T T)^{-1/2}`` and ``(T^T T)^{1/2}`` (symmetric roots, via eigh in float64)."""
+    t = band_matrix(size, m)
+    eigvals, eigvecs = torch.linalg.eigh(t.T @ t)
+    return (eigvecs * eigvals.rsqrt()) @ eigvecs.T, (eigvecs * eigvals.sqrt()) @ eigvecs.T
+
+
+@functools.lru_cache(maxsize=None)
+def _band_ops(size: int, m: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """``(T^+, T T^+, (T^T T)^{-1/2}, (T^T T)^{1/2})`` on ``device`` in ``dtype``."""
+    ops = (*_band_ops_cpu64(size, m), *_gram_roots_cpu64(size, m)) if size != m else _band_ops_cpu64(size, m)
+    return tuple(op.to(device=device, dtype=dtype) for op in ops)
 
 
 def band_pinv(size: int, m: int, *, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
@@ -173,8 +182,8 @@ class StructuredBasis:
 
     # ---- operators --------------------------------------------------------------------
     def _ops(self, like: Tensor, which: int) -> list[Tensor | None]:
-        """Per-axis ``T^+`` (which=0) or ``T T^+`` (which=1); ``None`` where both are the identity
-        (``n == k``: the band is then the identity matrix)."""
+        """Per-axis ``T^+`` (0), ``T T^+`` (1), ``(T^T T)^{-1/2}`` (2) or ``(T^T T)^{1/2}`` (3);
+        ``None`` where the band is the identity matrix (``n == k``), and so are all four."""
         dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
         ops: list[Tensor | None] = []
         for f, r in zip(self.full_shape, self.reduced_shape):
@@ -193,6 +202,18 @@ class StructuredBasis:
     def residual(self, weight: Tensor) -> Tensor:
         """``(I - A A^+) W``, the part of ``W`` that is not structured (Eq. 3)."""
         return weight - self.project(weight)
+
+    def orthonormal_to_coefficients(self, beta: Tensor) -> Tensor:
+        """``alpha = (A^T A)^{-1/2} beta``: coefficients whose kernel ``A alpha = Q beta`` has
+        orthonormal ``Q = A (A^T A)^{-1/2}``, so ``||A alpha||_F = ||beta||_F`` and a gradient
+        step on ``beta`` is a gradient step on ``W`` projected onto the structured subspace."""
+        self._check_trailing(beta, self.reduced_shape, "beta")
+        return _apply_per_axis(beta, self._ops(beta, 2))
+
+    def coefficients_to_orthonormal(self, alpha: Tensor) -> Tensor:
+        """Inverse of :meth:`orthonormal_to_coefficients`: ``beta = (A^T A)^{1/2} alpha``."""
+        self._check_trailing(alpha, self.reduced_shape, "alpha")
+        return _apply_per_axis(alpha, self._ops(alpha, 3))
 
     def coefficients(self, weight: Tensor) -> Tensor:
         """``alpha = A^+ W`` with shape ``(..., c, n1, ..., nd)`` (Step 2 of Sec. 5.1)."""

@@ -48,6 +48,9 @@ __all__ = [
     "CompositeConv2d",
     "CompositeConv3d",
     "DecomposedCompositeConv",
+    "OrthonormalCoefficients",
+    "orthonormalize_",
+    "deorthonormalize_",
 ]
 
 _CONV_CLASSES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -113,6 +116,80 @@ class DecomposedLayer:
     def recompose(self) -> nn.Module:  # pragma: no cover - overridden
         """The dense layer with the recomposed kernel ``A alpha``: same function."""
         raise NotImplementedError
+
+
+@torch.no_grad()
+def _init_as_projected_dense(small: nn.Module, basis: StructuredBasis) -> None:
+    """Direct-training init (Sec. 6.4): ``alpha = A^+ W0`` for ``W0`` drawn like the dense layer's
+    default init, i.e. the function a freshly structurized-and-decomposed layer starts with.
+
+    Scaling alpha's own default init cannot do this: a sum of ``window`` correlated,
+    non-negative activations grows like ``window``, not ``sqrt(window)``, and the first steps
+    diverge (seen on Fashion-MNIST: ResNet20 stuck at chance).
+    """
+    w = small.weight
+    dense = torch.empty(w.shape[0], *basis.full_shape, device=w.device, dtype=w.dtype)
+    nn.init.kaiming_uniform_(dense, a=math.sqrt(5))  # nn.ConvNd / nn.Linear default
+    w.copy_(basis.coefficients(dense))
+    if small.bias is not None:
+        bound = 1 / math.sqrt(math.prod(basis.full_shape))
+        nn.init.uniform_(small.bias, -bound, bound)
+
+
+class OrthonormalCoefficients(nn.Module):
+    """Parametrization ``alpha = (A^T A)^{-1/2} beta`` for direct training (Sec. 6.4).
+
+    Registered with ``torch.nn.utils.parametrize`` on a decomposed layer's small weight (see
+    :func:`orthonormalize_`).  The dense kernel is then ``W = Q beta`` with orthonormal ``Q``, so
+    plain SGD on ``beta`` takes exactly the step ``W - lr * P grad_W`` of dense training with the
+    gradient projected onto the structured subspace.  Training ``alpha`` itself scales that step
+    by ``A^T A``, whose largest eigenvalue is about the squared window size (1,089 for a
+    33-wide channel pool): learning rates tuned for the dense network diverge.
+    """
+
+    def __init__(self, basis: StructuredBasis) -> None:
+        super().__init__()
+        self.basis = basis
+
+    def forward(self, beta: Tensor) -> Tensor:
+        return self.basis.orthonormal_to_coefficients(beta)
+
+    def right_inverse(self, alpha: Tensor) -> Tensor:
+        return self.basis.coefficients_to_orthonormal(alpha)
+
+
+def _small_layer(module: nn.Module) -> nn.Module:
+    return module.linear if isinstance(module, DecomposedLinear) else module.conv
+
+
+def orthonormalize_(model: nn.Module) -> nn.Module:
+    """Train every decomposed layer of ``model`` through :class:`OrthonormalCoefficients` (in place).
+
+    The layers compute the same function before and after; only the trained parameters change
+    (``conv.parametrizations.weight.original`` holds ``beta``).  Checkpoints written with
+    :func:`structconv.save` record this and :func:`structconv.load` restores it.  Call
+    :func:`deorthonormalize_` before deployment to store plain ``alpha`` again.
+    """
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if isinstance(module, (_DecomposedConvNd, DecomposedLinear)):
+            small = _small_layer(module)
+            if not parametrize.is_parametrized(small, "weight"):
+                parametrize.register_parametrization(small, "weight", OrthonormalCoefficients(module.basis))
+    return model
+
+
+def deorthonormalize_(model: nn.Module) -> nn.Module:
+    """Undo :func:`orthonormalize_` in place, keeping the current ``alpha`` as plain weights."""
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if isinstance(module, (_DecomposedConvNd, DecomposedLinear)):
+            small = _small_layer(module)
+            if parametrize.is_parametrized(small, "weight"):
+                parametrize.remove_parametrizations(small, "weight", leave_parametrized=True)
+    return model
 
 
 # ------------------------------------------------------------------------------------------
@@ -343,10 +420,7 @@ class _DecomposedConvNd(DecomposedLayer, nn.Module):
             groups * self.basis.c, out_channels, self.basis.n, stride=geo.conv_stride, padding=geo.conv_padding,
             dilation=geo.conv_dilation, groups=groups, bias=bias, device=device, dtype=dtype,
         )  # fmt: skip
-        # Direct training (Sec. 6.4): the pool multiplies the activation variance by the
-        # window volume, so scale alpha's default init down to keep the layer's output scale.
-        with torch.no_grad():
-            self.conv.weight.div_(math.sqrt(math.prod(self.basis.pool_window)))
+        _init_as_projected_dense(self.conv, self.basis)
 
     @property
     def c(self) -> int:
@@ -473,8 +547,7 @@ class DecomposedLinear(DecomposedLayer, nn.Module):
         self.basis = _basis_for(type(self).__name__, in_features, (), r, ())
         self.window = in_features - r + 1
         self.linear = nn.Linear(r, out_features, bias, device=device, dtype=dtype)
-        with torch.no_grad():
-            self.linear.weight.div_(math.sqrt(self.window))
+        _init_as_projected_dense(self.linear, self.basis)
 
     @property
     def r(self) -> int:

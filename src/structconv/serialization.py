@@ -19,10 +19,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .basis import CompositeBasis, StructuredBasis
 from .convert import StructureSpec, _set_submodule, structurize
-from .layers import CompositeConv1d, CompositeConv2d, CompositeConv3d, DecomposedLayer, StructuredLayer
+
+from .layers import (
+    CompositeConv1d,
+    CompositeConv2d,
+    CompositeConv3d,
+    DecomposedLayer,
+    StructuredLayer,
+    _small_layer,
+    orthonormalize_,
+)
 
 __all__ = ["atomic_save", "layer_specs", "restore", "save", "load"]
 
@@ -58,7 +68,10 @@ def _spec_of(module: nn.Module) -> dict | None:
     if isinstance(basis, CompositeBasis):
         return {"form": form, "kind": "composite", "masks": basis.masks.clone()}
     assert isinstance(basis, StructuredBasis)
-    return {"form": form, "kind": "structured", "c": basis.c, "n": list(basis.n)}
+    spec = {"form": form, "kind": "structured", "c": basis.c, "n": list(basis.n)}
+    if form == "decomposed" and parametrize.is_parametrized(_small_layer(module), "weight"):
+        spec["orthonormal"] = True  # trained through OrthonormalCoefficients (direct training)
+    return spec
 
 
 def layer_specs(model: nn.Module) -> dict[str, dict]:
@@ -90,7 +103,8 @@ def restore(model: nn.Module, specs: dict[str, dict]) -> nn.Module:
             model = _replace(model, name, cls.from_dense(model.get_submodule(name), basis=CompositeBasis(masks)))
     for name, spec in specs.items():
         if spec["form"] == "decomposed":
-            model = _replace(model, name, model.get_submodule(name).decompose())
+            layer = model.get_submodule(name).decompose()
+            model = _replace(model, name, orthonormalize_(layer) if spec.get("orthonormal") else layer)
     return model
 
 

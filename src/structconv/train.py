@@ -89,7 +89,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # model
 # ------------------------------------------------------------------------------------------
 def to_direct(model: nn.Module) -> nn.Module:
-    """Replace every structured layer by a freshly initialised decomposed layer (Sec. 6.4)."""
+    """Replace every structured layer by a freshly initialised decomposed layer (Sec. 6.4),
+    trained through the orthonormal parametrization (:func:`structconv.layers.orthonormalize_`)."""
     from .convert import _set_submodule
     from .layers import (DecomposedConv1d, DecomposedConv2d, DecomposedConv3d, DecomposedLinear, StructuredConv1d,
                          StructuredConv2d, StructuredConv3d, StructuredLinear)  # fmt: skip
@@ -104,7 +105,9 @@ def to_direct(model: nn.Module) -> nn.Module:
         else:
             continue
         _set_submodule(model, name, new)
-    return model
+    from .layers import orthonormalize_
+
+    return orthonormalize_(model)
 
 
 def _load_dense_weights(model: nn.Module, path: str) -> None:
@@ -462,7 +465,10 @@ def _finish(args, model, info, state, history, out_dir, decompose, count_ops, St
     """Step 2 (decompose), final checkpoints, ``results.json`` and the report table."""
     from .serialization import save
 
-    model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+    from .layers import deorthonormalize_
+
+    # deployment stores plain alpha (direct training trained it through a parametrization)
+    model = deorthonormalize_(copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval())
     last = history[-1] if history else {}
     structured = any(isinstance(m, StructuredLayer) for m in model.modules())
     deployed = decompose(model) if structured else model
