@@ -119,8 +119,27 @@ def _apply_per_axis(t: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
     return t
 
 
+class _Projection:
+    """What every basis derives from its ``project``: the residual of Eq. (3) and its size."""
+
+    def project(self, weight: Tensor) -> Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def residual(self, weight: Tensor) -> Tensor:
+        """``(I - A A^+) W``, the part of ``W`` that is not structured (Eq. 3)."""
+        return weight - self.project(weight)
+
+    def error(self, weight: Tensor) -> float:
+        """Relative structure error ``||(I - A A^+) W||_F / ||W||_F`` (0 for a zero weight)."""
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(weight)
+            if norm == 0:
+                return 0.0
+            return float(torch.linalg.vector_norm(self.residual(weight)) / norm)
+
+
 @dataclass(frozen=True)
-class StructuredBasis:
+class StructuredBasis(_Projection):
     """The basis of Def. 3 for kernels of shape ``(channels, *kernel_size)``.
 
     ``channels`` is the number of input channels *per group* (``C``), ``c`` the channels of
@@ -199,10 +218,6 @@ class StructuredBasis:
         self._check_trailing(weight, self.full_shape, "weight")
         return _apply_per_axis(weight, self._ops(weight, 1))
 
-    def residual(self, weight: Tensor) -> Tensor:
-        """``(I - A A^+) W``, the part of ``W`` that is not structured (Eq. 3)."""
-        return weight - self.project(weight)
-
     def orthonormal_to_coefficients(self, beta: Tensor) -> Tensor:
         """``alpha = (A^T A)^{-1/2} beta``: coefficients whose kernel ``A alpha = Q beta`` has
         orthonormal ``Q = A (A^T A)^{-1/2}``, so ``||A alpha||_F = ||beta||_F`` and a gradient
@@ -227,14 +242,6 @@ class StructuredBasis:
         mats = [band_matrix(f, r, dtype=dtype, device=alpha.device) for f, r in zip(self.full_shape, self.reduced_shape)]
         return _apply_per_axis(alpha, mats)
 
-    def error(self, weight: Tensor) -> float:
-        """Relative structure error ``||(I - A A^+) W||_F / ||W||_F`` (0 for a zero weight)."""
-        with torch.no_grad():
-            norm = torch.linalg.vector_norm(weight)
-            if norm == 0:
-                return 0.0
-            return float(torch.linalg.vector_norm(self.residual(weight)) / norm)
-
     # ---- explicit forms (small sizes; tests and interop) ------------------------------
     def masks(self, *, dtype: torch.dtype = torch.float64) -> Tensor:
         """The ``M`` binary basis elements, shape ``(M, C, k1, ..., kd)`` (Def. 3)."""
@@ -250,7 +257,7 @@ class StructuredBasis:
         return CompositeBasis(self.masks())
 
 
-class CompositeBasis:
+class CompositeBasis(_Projection):
     """A general composite basis (Def. 1): ``M`` linearly independent binary masks.
 
     ``masks`` has shape ``(M, C, k1, ..., kd)``.  Unlike :class:`StructuredBasis` it is not
@@ -314,9 +321,6 @@ class CompositeBasis:
     def project(self, weight: Tensor) -> Tensor:
         return (self._flat(weight) @ self._ops(weight)[1].T).reshape(weight.shape)
 
-    def residual(self, weight: Tensor) -> Tensor:
-        return weight - self.project(weight)
-
     def coefficients(self, weight: Tensor) -> Tensor:
         """``alpha = A^+ W``, shape ``(..., M)``."""
         return self._flat(weight) @ self._ops(weight)[0].T
@@ -324,10 +328,3 @@ class CompositeBasis:
     def compose(self, alpha: Tensor) -> Tensor:
         a = self._a.to(alpha.device, alpha.dtype)
         return (alpha @ a.T).reshape(*alpha.shape[:-1], *self.full_shape)
-
-    def error(self, weight: Tensor) -> float:
-        with torch.no_grad():
-            norm = torch.linalg.vector_norm(weight)
-            if norm == 0:
-                return 0.0
-            return float(torch.linalg.vector_norm(self.residual(weight)) / norm)
