@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Mapping, Union
 
 from torch import nn
 
+from .basis import StructuredBasis
 from .layers import (
     DecomposedLayer,
     StructuredConv1d,
@@ -277,8 +278,6 @@ def plan(
 
 
 def _validate_spec(entry: LayerPlan, module: nn.Module) -> None:
-    from .basis import StructuredBasis
-
     try:
         if len(entry.spec.n) != len(entry.kernel_size):
             raise ValueError(f"n={entry.spec.n} needs {len(entry.kernel_size)} entries for kernel {entry.kernel_size}")
