@@ -1,5 +1,6 @@
 import json
 
+import onnxruntime as ort  # a dev dependency: missing must fail, not skip
 import pytest
 import torch
 from torch import nn
@@ -9,8 +10,6 @@ from structconv.deploy import fold_batchnorm
 from structconv.export import export_onnx, export_torchscript, onnx_opset, prepare_for_export, verify_onnx
 
 from .conftest import rel_err
-
-ort = pytest.importorskip("onnxruntime")
 
 
 def _run_ort(path, x):
