@@ -80,3 +80,12 @@ def test_zero_weight_contributes_zero_not_nan():
     assert float(reg) == 0.0
     reg.backward()
     assert torch.isfinite(conv.weight.grad).all()
+
+
+def test_operators_cached_under_inference_mode_still_train():
+    # a fresh band size, so its operators are first built inside inference mode
+    conv = sc.StructuredConv2d(37, 4, 3, c=19, n=3)
+    with torch.inference_mode():
+        conv.basis.project(torch.zeros(4, 37, 3, 3))
+    sc.structural_regularization(conv).backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()

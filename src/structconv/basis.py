@@ -62,6 +62,7 @@ def _box_filter_rows(x: Tensor, size: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=None)
+@torch.inference_mode(False)
 def _band_ops_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
     t = band_matrix(size, m)
     # T has full column rank, so T^+ = (T^T T)^{-1} T^T; T^T T is symmetric positive definite
@@ -73,6 +74,7 @@ def _band_ops_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
 
 
 @functools.lru_cache(maxsize=None)
+@torch.inference_mode(False)
 def _gram_roots_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
     """``(T^T T)^{-1/2}`` and ``(T^T T)^{1/2}`` (symmetric roots, via eigh in float64)."""
     t = band_matrix(size, m)
@@ -80,7 +82,11 @@ def _gram_roots_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
     return (eigvecs * eigvals.rsqrt()) @ eigvecs.T, (eigvecs * eigvals.sqrt()) @ eigvecs.T
 
 
+# Cached operators are built outside inference mode: a cache first filled under
+# torch.inference_mode() (benchmarks, count_ops) would otherwise hand inference tensors to a
+# later training step, which autograd rejects.
 @functools.lru_cache(maxsize=None)
+@torch.inference_mode(False)
 def _band_ops(size: int, m: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """``(T^+, T T^+, (T^T T)^{-1/2}, (T^T T)^{1/2})`` on ``device`` in ``dtype``."""
     ops = (*_band_ops_cpu64(size, m), *_gram_roots_cpu64(size, m)) if size != m else _band_ops_cpu64(size, m)
