@@ -19,7 +19,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from ._timing import fixed_threads, interleaved_times, median_ms
 from .convert import StructureSpec, _all_sizes, _check_ratio, _describe, _set_submodule, plan
 from .layers import DecomposedLinear, _DecomposedConvNd
+from .serialization import atomic_write_json
 
 __all__ = ["LayerChoice", "TuneReport", "optimize", "default_cache_path", "speed_plan", "SpeedPlan"]
 
@@ -124,13 +124,9 @@ def _load_cache(path: Path | None) -> dict:
 def _save_cache(path: Path | None, entries: dict) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     merged = _load_cache(path)
     merged.update(entries)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(merged, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_json(merged, path, indent=1, sort_keys=True)
 
 
 def _layout(x: Tensor) -> str:

@@ -12,6 +12,7 @@ weights -- no manual re-conversion.  ``model`` (optional) names the architecture
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -34,23 +35,23 @@ from .layers import (
     orthonormalize_,
 )
 
-__all__ = ["atomic_save", "layer_specs", "restore", "save", "load"]
+__all__ = ["atomic_save", "atomic_write_json", "layer_specs", "restore", "save", "load"]
 
 FORMAT = "structconv/1"
 _COMPOSITE = {1: CompositeConv1d, 2: CompositeConv2d, 3: CompositeConv3d}
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``.
+def _atomic_write(path: str | os.PathLike, write, mode: str) -> None:
+    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, rename over it.
 
-    A crash leaves either the old file or the new one, never a truncated checkpoint.
+    A crash leaves either the old file or the new one, never a truncated one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -58,6 +59,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, **dump_kwargs: Any) -> None:
+    """``json.dump`` ``obj`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: json.dump(obj, f, **dump_kwargs), "w")
 
 
 def _spec_of(module: nn.Module) -> dict | None:

@@ -22,7 +22,6 @@ import argparse
 import copy
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -463,9 +462,8 @@ def _train(args, ctx, build_datasets, ResumableSampler, count_ops, decompose, st
 def _finish(args, model, info, state, history, out_dir, decompose, count_ops, StructuredLayer, DecomposedLayer,
             steps_per_epoch: int, world_size: int = 1) -> None:
     """Step 2 (decompose), final checkpoints, ``results.json`` and the report table."""
-    from .serialization import save
-
     from .layers import deorthonormalize_
+    from .serialization import atomic_write_json, save
 
     # deployment stores plain alpha (direct training trained it through a parametrization)
     model = deorthonormalize_(copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval())
@@ -489,9 +487,7 @@ def _finish(args, model, info, state, history, out_dir, decompose, count_ops, St
         "adds": ops.adds, "mults": ops.mults, "params": ops.params, "train_seconds": state["train_seconds"],
         "world_size": world_size, "history": history, "args": _json_safe(args),
     }  # fmt: skip
-    tmp = out_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out_dir / "results.json")
+    atomic_write_json(results, out_dir / "results.json", indent=2)
     if not args.quiet:
         print()
     print(_format_report(results), flush=True)
