@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path

@@ -9,7 +9,6 @@ classification model can be structurized by name.
 
 from __future__ import annotations
 
-from typing import Callable
 
 from torch import nn
 
