@@ -9,7 +9,6 @@ classification model can be structurized by name.
 
 from __future__ import annotations
 
-
 from torch import nn
 
 from .cifar_resnet import cifar_resnet20, cifar_resnet32, cifar_resnet56
