@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structconv as sc
-from structconv.functional import box_sum, channel_band_matrix, channel_sum_matmul
+from structconv.functional import box_sum, channel_band_matrix, channel_sum_matmul, padded_box_sum
 
 from .conftest import TOL, float64_reference, rel_err
 from .test_layers import STRUCTURED, build, conv_configs
@@ -99,3 +100,50 @@ def test_gemm_pool_follows_dtype_and_keeps_state_dict():
     assert rel_err(dec(x), layer(x)) < 1e-10
     dec32 = dec.float()
     assert rel_err(dec32(x.float()), layer(x)) < 1e-5
+
+
+@given(nd=st.integers(1, 3), data=st.data(), dtype=st.sampled_from([torch.float64, torch.float32]),
+       channels_last=st.booleans())  # fmt: skip
+def test_padded_box_sum_equals_box_sums_of_the_padded_input(nd, data, dtype, channels_last):
+    """One pooling kernel (avg_pool with divisor 1) == F.pad then box_sum along every axis."""
+    window = [data.draw(st.integers(1, 4)) for _ in range(nd)]
+    padding = [data.draw(st.integers(0, w // 2)) for w in window]
+    stride = [data.draw(st.integers(1, 3)) for _ in range(nd)]
+    size = [data.draw(st.integers(max(1, w - 2 * p), 9)) for w, p in zip(window, padding)]
+    x = torch.randn(2, 3, *size, dtype=dtype, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+    if channels_last and x.dim() in FORMATS:
+        x = x.contiguous(memory_format=FORMATS[x.dim()])
+    want = F.pad(x.double(), [p for q in reversed(padding) for p in (q, q)])
+    for a in range(nd):
+        want = box_sum(want, 2 + a, window[a], 1, stride[a])
+    got = padded_box_sum(x, window, stride, padding)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert rel_err(got, want) <= TOL[dtype]
+
+
+def test_padded_box_sum_is_differentiable():
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: padded_box_sum(t, (2, 3), (1, 2), (1, 1)), (x,))
+
+
+@pytest.mark.parametrize(
+    "kwargs,applies",
+    [
+        (dict(kernel_size=3, padding=1, n=2), True),  # ResNet 3x3 -> 2x2 pool + 2x2 conv
+        (dict(kernel_size=3, padding=1, n=2, stride=2), True),
+        (dict(kernel_size=5, padding=2, n=1), True),
+        (dict(kernel_size=3, padding=1, n=2, padding_mode="reflect"), False),
+        (dict(kernel_size=3, padding=2, n=2, dilation=2), False),
+        (dict(kernel_size=4, padding="same", n=2), False),  # asymmetric 'same' padding
+        (dict(kernel_size=3, padding=1, n=3, c=4), False),  # no spatial window: channel pool only
+    ],
+)
+def test_pooling_kernel_is_used_exactly_where_it_applies(kwargs, applies):
+    torch.manual_seed(0)
+    kwargs = {"c": 8, **kwargs}
+    layer = sc.StructuredConv2d(8, 6, **kwargs).project_()
+    dec = layer.decompose()
+    assert (dec.pool.kernel_padding is not None) == applies
+    x = torch.randn(2, 8, 11, 11)
+    with torch.inference_mode():
+        assert rel_err(dec(x), float64_reference(layer, x)) <= TOL[torch.float32]

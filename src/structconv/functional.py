@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["box_sum", "sum_pool", "channel_band_matrix", "channel_sum_matmul", "DecompositionGeometry", "conv_padding", "structured_conv"]
+__all__ = ["box_sum", "padded_box_sum", "sum_pool", "channel_band_matrix", "channel_sum_matmul", "DecompositionGeometry", "conv_padding", "structured_conv"]
 
 # Windows up to this size are summed from shifted views (window - 1 adds, no cancellation);
 # larger ones use a cumulative sum (about 2 passes whatever the window).
@@ -68,6 +68,53 @@ def box_sum(x: Tensor, dim: int, window: int, dilation: int = 1, stride: int = 1
     out.narrow(dim, 0, 1).copy_(hi.narrow(dim, 0, 1))
     torch.sub(hi.narrow(dim, 1, out_len - 1), lo, out=out.narrow(dim, 1, out_len - 1))
     return out
+
+
+def padded_box_sum(x: Tensor, window: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> Tensor:
+    """Spatial sum-pool of ``x`` zero-padded by ``padding`` on both sides of each axis, in one
+    pooling kernel.
+
+    This is ``avg_pool`` with ``count_include_pad=True`` and ``divisor_override=1``: the padded
+    input is never materialized and each output is a plain sum of ``prod(window)`` inputs, so the
+    result equals ``box_sum`` along every axis of ``F.pad(x, ...)`` up to summation order.  Needs
+    ``padding[a] <= window[a] // 2`` (a pooling-kernel limit; see :func:`pooling_kernel_applies`).
+    1-D inputs run as 2-D with a unit axis (``avg_pool1d`` has no ``divisor_override``).
+    """
+    nd = len(window)
+    # ONNX AveragePool has no divisor and the exporters drop divisor_override silently: export
+    # the mean and scale it back (exact for power-of-two windows, else about 1 ulp).
+    exporting = torch.onnx.is_in_onnx_export()
+    divisor = None if exporting else 1
+    if nd == 1:
+        out = F.avg_pool2d(x.unsqueeze(2), (1, window[0]), (1, stride[0]), (0, padding[0]),
+                           count_include_pad=True, divisor_override=divisor).squeeze(2)  # fmt: skip
+    elif nd == 3 and any(size < w for size, w in zip(x.shape[2:], window)):
+        # avg_pool3d rejects inputs smaller than the window even when padding covers it
+        out = F.pad(x, [p for q in reversed(padding) for p in (q, q)])
+        for a in range(nd):
+            out = box_sum(out, 2 + a, window[a], 1, stride[a])
+        return out
+    else:
+        pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
+        out = pool(x, tuple(window), tuple(stride), tuple(padding), count_include_pad=True, divisor_override=divisor)
+    return out * float(math.prod(window)) if exporting else out
+
+
+def pooling_kernel_applies(
+    window: Sequence[int], dilation: Sequence[int], pad: Sequence[int], padding_mode: str
+) -> tuple[int, ...] | None:
+    """Symmetric per-axis zero padding for :func:`padded_box_sum`, or ``None`` where it does not
+    apply (dilation, non-zero padding modes, asymmetric or too wide padding, no spatial window,
+    more than 3 spatial axes).  ``pad`` is an ``F.pad`` list (last axis first)."""
+    nd = len(window)
+    if not 1 <= nd <= 3 or all(w == 1 for w in window) or any(d != 1 for d in dilation):
+        return None
+    if pad and padding_mode != "zeros":
+        return None
+    pairs = [(pad[2 * (nd - 1 - a)], pad[2 * (nd - 1 - a) + 1]) if pad else (0, 0) for a in range(nd)]
+    if any(before != after or before > w // 2 for (before, after), w in zip(pairs, window)):
+        return None
+    return tuple(before for before, _ in pairs)
 
 
 def _tracing() -> bool:

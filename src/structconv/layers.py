@@ -24,11 +24,15 @@ from torch import Tensor, nn
 from .basis import CompositeBasis, StructuredBasis
 from .functional import (
     DecompositionGeometry,
+    _channel_box_sum,
     _sum_pool,
     box_sum,
     channel_band_matrix,
+    channel_sum_matmul,
     conv_padding,
     pad_input,
+    padded_box_sum,
+    pooling_kernel_applies,
     sum_pool,
 )
 
@@ -269,13 +273,41 @@ class SumPool(nn.Module):
             self._channel_matrix = m
         return m
 
+    @property
+    def kernel_padding(self) -> tuple[int, ...] | None:
+        """Per-axis zero padding when the spatial pool runs as one pooling kernel
+        (:func:`~structconv.functional.padded_box_sum`), else ``None``."""
+        return pooling_kernel_applies(self.window, self.dilation, self.pad, self.padding_mode)
+
     def forward(self, x: Tensor) -> Tensor:
+        kernel_padding = self.kernel_padding
+        if kernel_padding is not None and x.dim() == len(self.window) + 2 and x.shape[1] % self.groups == 0:
+            return self._pool_with_kernel(x, kernel_padding)
         x = pad_input(x, self.pad, self.padding_mode)
         if x.dim() != len(self.window) + 2 or x.shape[1] % self.groups:
             return sum_pool(x, self.channel_window, self.window, groups=self.groups, dilation=self.dilation,
                             stride=self.stride)  # fmt: skip  (raises the descriptive error)
         matrix = self._matrix(x) if self._use_matmul(x.shape[1]) else None
         return _sum_pool(x, self.channel_window, self.window, self.groups, self.dilation, self.stride, matrix)
+
+    def _pool_with_kernel(self, x: Tensor, padding: tuple[int, ...]) -> Tensor:
+        """Zero-padded spatial pool in one pooling kernel (no padded copy, no shifted adds), and
+        the channel pool on whichever side of it touches fewer elements."""
+        def spatial(t: Tensor) -> Tensor:
+            return padded_box_sum(t, self.window, self.stride, padding)
+
+        if self.channel_window == 1:
+            return spatial(x)
+        matrix = self._matrix(x) if self._use_matmul(x.shape[1]) else None
+
+        def channel(t: Tensor) -> Tensor:
+            if matrix is not None:
+                return channel_sum_matmul(t, matrix)
+            return _channel_box_sum(t, self.channel_window, self.groups)
+
+        grows = all((s + 2 * p - w) // st + 1 >= s
+                    for s, p, w, st in zip(x.shape[2:], padding, self.window, self.stride))  # fmt: skip
+        return spatial(channel(x)) if grows else channel(spatial(x))
 
     def extra_repr(self) -> str:
         parts = [f"channel_window={self.channel_window}", f"window={self.window}"]
