@@ -103,9 +103,10 @@ def test_gemm_pool_follows_dtype_and_keeps_state_dict():
 
 
 @given(nd=st.integers(1, 3), data=st.data(), dtype=st.sampled_from([torch.float64, torch.float32]),
-       channels_last=st.booleans())  # fmt: skip
-def test_padded_box_sum_equals_box_sums_of_the_padded_input(nd, data, dtype, channels_last):
-    """One pooling kernel (avg_pool with divisor 1) == F.pad then box_sum along every axis."""
+       channels_last=st.booleans(), method=st.sampled_from(["pool", "conv"]))  # fmt: skip
+def test_padded_box_sum_equals_box_sums_of_the_padded_input(nd, data, dtype, channels_last, method):
+    """One kernel (avg_pool with divisor 1, or a depthwise conv with ones) == F.pad then
+    box_sum along every axis."""
     window = [data.draw(st.integers(1, 4)) for _ in range(nd)]
     padding = [data.draw(st.integers(0, w // 2)) for w in window]
     stride = [data.draw(st.integers(1, 3)) for _ in range(nd)]
@@ -116,14 +117,34 @@ def test_padded_box_sum_equals_box_sums_of_the_padded_input(nd, data, dtype, cha
     want = F.pad(x.double(), [p for q in reversed(padding) for p in (q, q)])
     for a in range(nd):
         want = box_sum(want, 2 + a, window[a], 1, stride[a])
-    got = padded_box_sum(x, window, stride, padding)
+    got = padded_box_sum(x, window, stride, padding, method)
     assert got.dtype == dtype and got.shape == want.shape
     assert rel_err(got, want) <= TOL[dtype]
 
 
-def test_padded_box_sum_is_differentiable():
+@pytest.mark.parametrize("method", ["pool", "conv"])
+def test_padded_box_sum_is_differentiable(method):
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: padded_box_sum(t, (2, 3), (1, 2), (1, 1)), (x,))
+    assert torch.autograd.gradcheck(lambda t: padded_box_sum(t, (2, 3), (1, 2), (1, 1), method), (x,))
+    with pytest.raises(ValueError, match="method='fft'"):
+        padded_box_sum(x, (2, 3), (1, 2), (1, 1), "fft")
+
+
+@pytest.mark.parametrize("method", ["auto", "pool", "conv"])
+@pytest.mark.parametrize("channels,c", [(16, 16), (96, 96), (32, 12)])
+def test_spatial_methods_of_a_decomposed_layer_are_exact(method, channels, c):
+    torch.manual_seed(2)
+    layer = sc.StructuredConv2d(channels, 8, 3, padding=1, c=c, n=2).project_()
+    dec = layer.decompose()
+    dec.pool.spatial_method = method
+    x = torch.randn(2, channels, 7, 7)
+    expected = float64_reference(layer, x)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        with torch.inference_mode():
+            got = dec.to(memory_format=fmt)(x.contiguous(memory_format=fmt))
+        assert rel_err(got, expected) <= TOL[torch.float32]
+    with pytest.raises(ValueError, match="spatial_method='fast'"):
+        dec.pool.spatial_method = "fast"
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ._timing import fixed_threads, interleaved_times, median_ms
-from .convert import StructureSpec, _all_sizes, _check_ratio, _describe, _set_submodule, plan
+from .convert import StructurePlan, StructureSpec, _all_sizes, _check_ratio, _describe, _set_submodule, plan
 from .layers import DecomposedLinear, _DecomposedConvNd
 from .serialization import atomic_write_json
 
@@ -205,14 +205,25 @@ def _dense_like(layer: nn.Module, x: Tensor) -> nn.Module:
 
 
 def _pool_variants(layer: nn.Module) -> list[str]:
-    if isinstance(layer, _DecomposedConvNd) and layer.pool.channel_window > 1:
-        return ["matmul", "sum"]
-    return ["-"]
+    """Sum-pool implementations to time: ``'<channel method>'`` (``'-'`` when there is no
+    channel pool), followed by ``'+pool'`` / ``'+conv'`` where the spatial pool can run as one
+    kernel (see ``SumPool.spatial_method``)."""
+    if not isinstance(layer, _DecomposedConvNd):
+        return ["-"]
+    channel = ["matmul", "sum"] if layer.pool.channel_window > 1 else ["-"]
+    if layer.pool.kernel_padding is None:
+        return channel
+    return [f"{c}+{s}" for c in channel for s in ("pool", "conv")]
 
 
 def _set_pool(layer: nn.Module, method: str) -> None:
-    if method != "-" and isinstance(layer, _DecomposedConvNd):
-        layer.pool.channel_method = method
+    if not isinstance(layer, _DecomposedConvNd):
+        return
+    channel, _, spatial = method.partition("+")
+    if channel != "-":
+        layer.pool.channel_method = channel
+    if spatial:
+        layer.pool.spatial_method = spatial
 
 
 def optimize(
@@ -340,7 +351,7 @@ class SpeedPlan:
         return "\n".join([f"SpeedPlan ({self.threads} thread(s)): {len(self.overrides)} layers", *lines])
 
 
-def candidate_structures(channels: int, kernel_size: tuple[int, ...], ratio: float, *, slack: float = 1.5):
+def candidate_structures(channels: int, kernel_size: tuple[int, ...], ratio: float, *, slack: float = 1.15):
     """The Pareto-largest ``(c, n)`` per kernel size ``n`` that reach ``ratio``: for each ``n``
     the largest ``c`` with ``C prod(k) / (c prod(n)) >= ratio``, keeping those within ``slack``
     of the most degrees of freedom (so a fast but much smaller choice is not preferred)."""
@@ -361,27 +372,39 @@ def candidate_structures(channels: int, kernel_size: tuple[int, ...], ratio: flo
 def speed_plan(
     model: nn.Module,
     example_input,
-    ratio: float = 2.0,
+    ratio: float | StructurePlan = 2.0,
     *,
     threads: int | None = None,
     memory_format: torch.memory_format = torch.channels_last,
     filter_fn=None,
-    slack: float = 1.5,
+    slack: float = 1.15,
     repeats: int = 9,
     warmup: int = 2,
 ) -> SpeedPlan:
     """Per layer, the fastest measured ``(c, n)`` among the choices that reach ``ratio``.
 
-    Every Conv layer selected by ``filter_fn`` (default: all convertible convs with more than
-    one choice) is decomposed with each candidate of :func:`candidate_structures` and timed on
-    the input it sees in ``model(example_input)``, interleaved.  Returns a :class:`SpeedPlan`
-    whose ``overrides`` go straight into ``structconv.structurize(model, ratio,
-    overrides=plan.overrides)``.  Linear layers keep the default plan.
+    ``ratio`` is one target for every layer, or a reference :class:`StructurePlan` of
+    ``model`` (e.g. the paper's Struct-A plan): then each of its structured conv layers keeps
+    its own ratio and its own ``(c, n)`` is among the candidates.  Every Conv layer selected
+    by ``filter_fn`` (default: all convertible convs with more than one choice) is decomposed
+    with each candidate of :func:`candidate_structures` and timed on the input it sees in
+    ``model(example_input)``, interleaved.  ``slack`` bounds how much more a candidate may
+    compress than the ratio asks (1.15: at most 15 % fewer weights than the largest choice),
+    so the plan keeps the compression, and the accuracy, it was asked for.  Returns a
+    :class:`SpeedPlan` whose ``overrides`` go straight into ``structconv.structurize(model,
+    ratio, overrides=plan.overrides)`` (merged over the reference plan's own overrides).
+    Linear layers keep the default (or reference) plan.
     """
     from .convert import _structured_from_dense
 
-    ratio = _check_ratio(ratio, "speed_plan")
-    base = plan(model, ratio, filter_fn=filter_fn)
+    if isinstance(ratio, StructurePlan):
+        if filter_fn is not None:
+            raise ValueError("speed_plan: pass filter_fn to plan() when giving a reference StructurePlan")
+        base = ratio
+    else:
+        base = plan(model, _check_ratio(ratio, "speed_plan"), filter_fn=filter_fn)
+    if not slack >= 1.0:
+        raise ValueError(f"speed_plan: slack={slack} must be >= 1")
     names = [p.name for p in base.structured if p.layer_type.startswith("Conv")]
     model = copy.deepcopy(model).eval()
     if memory_format is not None:
@@ -399,7 +422,12 @@ def speed_plan(
                     continue
                 module = model.get_submodule(name)
                 _, channels, kernel = _describe(module)
-                cands = candidate_structures(channels, kernel, ratio, slack=slack)
+                cands = candidate_structures(channels, kernel, entry.ratio, slack=slack)
+                own = entry.spec
+                if isinstance(own.n, int):
+                    own = StructureSpec(own.c, (own.n,) * len(kernel))
+                if own not in cands:  # the reference's own choice always competes
+                    cands.append(own)
                 if len(cands) <= 1:
                     continue
                 x = inputs[name]

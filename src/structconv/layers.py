@@ -62,6 +62,7 @@ _CONV_CLASSES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 # (C * c), run as one GEMM with a 0/1 matrix; see SumPool.channel_method.
 _GEMM_MIN_WINDOW = 5
 _GEMM_MAX_MACS = 1 << 17
+_DEPTHWISE_MAX_CHANNELS = 64
 
 
 def _tuple(value, nd: int, name: str, owner: str) -> tuple[int, ...]:
@@ -227,6 +228,7 @@ class SumPool(nn.Module):
         self.pad = tuple(pad)
         self.padding_mode = padding_mode
         self.channel_method = "auto"
+        self.spatial_method = "auto"
         # The 0/1 channel-pool matrix of the GEMM channel pool: derived data, so neither a
         # parameter nor a buffer (not saved; rebuilt on the input's device and dtype).
         self._channel_matrix: Tensor | None = None
@@ -243,6 +245,26 @@ class SumPool(nn.Module):
         if value not in ("auto", "matmul", "sum"):
             raise ValueError(f"SumPool: channel_method={value!r} must be 'auto', 'matmul' or 'sum'")
         self._channel_method = value
+
+    @property
+    def spatial_method(self) -> str:
+        """How a zero-padded spatial pool runs (where :attr:`kernel_padding` applies):
+        ``'pool'`` (``avg_pool`` with divisor 1), ``'conv'`` (depthwise conv with ones) or
+        ``'auto'`` (``'conv'`` below 64 channels, where oneDNN's depthwise conv was measured
+        1.4-3x faster, else ``'pool'``); :func:`structconv.autotune.optimize` measures both."""
+        return getattr(self, "_spatial_method", "auto")
+
+    @spatial_method.setter
+    def spatial_method(self, value: str) -> None:
+        if value not in ("auto", "pool", "conv"):
+            raise ValueError(f"SumPool: spatial_method={value!r} must be 'auto', 'pool' or 'conv'")
+        self._spatial_method = value
+
+    def _spatial_kernel(self, channels: int) -> str:
+        method = getattr(self, "_spatial_method", "auto")  # modules pickled before it existed
+        if method != "auto":
+            return method
+        return "conv" if channels < _DEPTHWISE_MAX_CHANNELS else "pool"
 
     def _use_matmul(self, channels: int) -> bool:
         if self.channel_window == 1 or self._channel_method == "sum":
@@ -294,7 +316,7 @@ class SumPool(nn.Module):
         """Zero-padded spatial pool in one pooling kernel (no padded copy, no shifted adds), and
         the channel pool on whichever side of it touches fewer elements."""
         def spatial(t: Tensor) -> Tensor:
-            return padded_box_sum(t, self.window, self.stride, padding)
+            return padded_box_sum(t, self.window, self.stride, padding, self._spatial_kernel(t.shape[1]))
 
         if self.channel_window == 1:
             return spatial(x)
