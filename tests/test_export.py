@@ -128,3 +128,36 @@ def test_export_cli_reports_bad_format(tmp_path, capsys):
 
     assert main(["export", "--arch", "cifar_resnet20", "--struct", "A", "--format", "tflite", "-o", str(tmp_path)]) == 2
     assert "tflite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spatial", ["pool", "conv"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_kernel_spatial_pools_export_with_the_torchscript_exporter(tmp_path, spatial, channels_last):
+    """Channel GEMM then a one-kernel spatial pool (avg_pool with divisor 1, or a depthwise
+    conv of ones): ONNX has no divisor and the ones kernel must be a constant of known shape."""
+    torch.manual_seed(3)
+    model = nn.Sequential(sc.StructuredConv2d(16, 8, 3, padding=1, c=12, n=2), nn.ReLU()).eval()
+    model[0].project_()
+    dec = sc.decompose(model)
+    dec[0].pool.channel_method, dec[0].pool.spatial_method = "matmul", spatial
+    x = torch.randn(2, 16, 9, 9)
+    if channels_last:
+        dec, x = dec.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    path = tmp_path / "m.onnx"
+    assert export_onnx(dec, x, path, dynamic_batch=False) == "torchscript"
+    assert verify_onnx(path, dec, x) < 1e-5
+    assert rel_err(_run_ort(path, x), model(x)) < 1e-5
+
+
+def test_exporter_diagnostics_do_not_reach_stdout(capfd):
+    """``bench --json`` prints JSON on stdout; exporter messages written to fd 1 go to stderr."""
+    import os
+
+    from structconv.export import _stdout_to_stderr
+
+    with _stdout_to_stderr():
+        os.write(1, b"Torch IR graph at exception\n")
+    print("after")
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" in err and "Torch IR graph" not in out
+    assert out == "after\n"

@@ -16,10 +16,11 @@ The deployment form exports with ordinary operators only: pad, slices and adds (
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import os
+import sys
 import warnings
-from contextlib import redirect_stdout
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -99,7 +100,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path, *, opset: i
             else:
                 kwargs["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
         try:
-            with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            with torch.no_grad(), warnings.catch_warnings(), _stdout_to_stderr():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, (example_input,), str(path), input_names=["x"], output_names=["y"],
                                   opset_version=opset, dynamo=use_dynamo, **kwargs)  # fmt: skip
@@ -107,6 +108,21 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path, *, opset: i
         except Exception as err:  # noqa: BLE001 - try the other exporter, report both
             errors.append(f"{'dynamo' if use_dynamo else 'torchscript'} exporter: {type(err).__name__}: {err}")
     raise RuntimeError("ONNX export failed:\n" + "\n".join(errors))
+
+
+@contextmanager
+def _stdout_to_stderr():
+    """Send file descriptor 1 to stderr: the exporters print diagnostics (e.g. the TorchScript
+    IR graph on failure) from C++, which would corrupt ``structconv bench --json`` output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def verify_onnx(path, model: nn.Module, x: torch.Tensor, *, rtol: float = 1e-4, threads: int | None = None) -> float:

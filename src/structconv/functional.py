@@ -71,7 +71,12 @@ def box_sum(x: Tensor, dim: int, window: int, dilation: int = 1, stride: int = 1
 
 
 def padded_box_sum(
-    x: Tensor, window: Sequence[int], stride: Sequence[int], padding: Sequence[int], method: str = "pool"
+    x: Tensor,
+    window: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    method: str = "pool",
+    ones: Tensor | None = None,
 ) -> Tensor:
     """Spatial sum-pool of ``x`` zero-padded by ``padding`` on both sides of each axis, in one
     kernel; the padded input is never materialized.
@@ -83,10 +88,14 @@ def padded_box_sum(
     equals ``box_sum`` along every axis of ``F.pad(x, ...)`` up to summation order.  Needs
     ``padding[a] <= window[a] // 2`` (a pooling-kernel limit; see :func:`pooling_kernel_applies`).
     1-D inputs pool as 2-D with a unit axis (``avg_pool1d`` has no ``divisor_override``).
+    ``ones`` is the ``(C, 1, *window)`` kernel of ones for ``'conv'``, if the caller keeps one
+    (a module attribute is a constant to tracers and exporters; one built here from
+    ``x.shape`` is not).
     """
     nd = len(window)
     if method == "conv":
-        ones = torch.ones(x.shape[1], 1, *window, dtype=x.dtype, device=x.device)
+        if ones is None:
+            ones = torch.ones(x.shape[1], 1, *window, dtype=x.dtype, device=x.device)
         return _CONV[nd](x, ones, None, tuple(stride), tuple(padding), 1, x.shape[1])
     if method != "pool":
         raise ValueError(f"padded_box_sum: method={method!r} must be 'pool' or 'conv'")

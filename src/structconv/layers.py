@@ -301,6 +301,16 @@ class SumPool(nn.Module):
         (:func:`~structconv.functional.padded_box_sum`), else ``None``."""
         return pooling_kernel_applies(self.window, self.dilation, self.pad, self.padding_mode)
 
+    def _ones(self, x: Tensor) -> Tensor:
+        """The depthwise kernel of ones for ``x``'s channels (derived data, cached like the
+        channel matrix, so TorchScript/ONNX see a constant of known shape)."""
+        k = getattr(self, "_ones_kernel", None)
+        if k is None or k.shape[0] != x.shape[1] or k.dtype != x.dtype or k.device != x.device:
+            with torch.inference_mode(False):  # usable by autograd even if built under inference_mode
+                k = torch.ones(int(x.shape[1]), 1, *self.window, dtype=x.dtype, device=x.device)
+            self._ones_kernel = k
+        return k
+
     def forward(self, x: Tensor) -> Tensor:
         kernel_padding = self.kernel_padding
         if kernel_padding is not None and x.dim() == len(self.window) + 2 and x.shape[1] % self.groups == 0:
@@ -316,7 +326,9 @@ class SumPool(nn.Module):
         """Zero-padded spatial pool in one pooling kernel (no padded copy, no shifted adds), and
         the channel pool on whichever side of it touches fewer elements."""
         def spatial(t: Tensor) -> Tensor:
-            return padded_box_sum(t, self.window, self.stride, padding, self._spatial_kernel(t.shape[1]))
+            method = self._spatial_kernel(t.shape[1])
+            ones = self._ones(t) if method == "conv" else None
+            return padded_box_sum(t, self.window, self.stride, padding, method, ones)
 
         if self.channel_window == 1:
             return spatial(x)
