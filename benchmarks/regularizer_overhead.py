@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,9 @@ def main(argv=None) -> dict:
         "arch": args.arch, "struct": args.struct, "batch": args.batch, "threads": threads,
         "plain_ms": plain, "with_sr_ms": with_sr, "overhead_ratio": with_sr / plain,
         "sr_alone_ms": median_ms(alone["sr_forward_backward"]), "rounds": len(times["plain"]),
+        # each round times both variants back to back: the median of the per-round ratios is
+        # robust to the machine drifting between rounds
+        "paired_overhead_ratio": statistics.median(b / a for a, b in zip(times["plain"], times["with_sr"])),
     }  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=1))
@@ -71,6 +75,7 @@ def main(argv=None) -> dict:
         print(f"  training iteration with SR:    {with_sr:9.2f} ms")
         print(f"  SR forward+backward alone:     {out['sr_alone_ms']:9.2f} ms")
         print(f"  ratio (with / without): {out['overhead_ratio']:.3f}  -> overhead {100 * (out['overhead_ratio'] - 1):+.1f}%")
+        print(f"  median of per-round ratios: {out['paired_overhead_ratio']:.3f}")
     return out
 
 
