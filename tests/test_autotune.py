@@ -106,3 +106,32 @@ def test_speed_plan_gives_overrides_structurize_accepts():
         assert (layer.c, layer.n) == (spec.c, spec.n)
         assert layer.basis.ratio >= 2.0 - 1e-9
     assert "SpeedPlan" in str(plan)
+
+
+def test_candidates_stay_within_the_slack_of_the_requested_compression():
+    # 16-channel 3x3 at ratio 2: (8, 3x3), (12, 3x2), (12, 2x3), (16, 2x2) -- not (16, 1x3) (3x)
+    cands = candidate_structures(16, (3, 3), 2.0)
+    assert sc.StructureSpec(16, (2, 2)) in cands and sc.StructureSpec(8, (3, 3)) in cands
+    assert all(16 * 9 / (s.c * math.prod(s.n)) <= 2.0 * 1.15 + 1e-9 for s in cands)
+    assert sc.StructureSpec(16, (1, 3)) not in cands
+    assert sc.StructureSpec(16, (1, 3)) in candidate_structures(16, (3, 3), 2.0, slack=1.5)
+
+
+def test_speed_plan_over_a_reference_plan_keeps_each_layers_compression():
+    """A speed plan for a reference plan (e.g. Struct-A) keeps every layer at its own ratio
+    (within the slack), and the reference's own (c, n) is among the measured candidates."""
+    model = _tiny()
+    reference = sc.plan(model, 2.0, overrides={"2": (16, 2), "0": None})
+    plan = speed_plan(model, torch.randn(1, 3, 8, 8), reference, threads=1, repeats=1, warmup=0)
+    assert set(plan.overrides) <= {p.name for p in reference.structured}
+    assert "0" not in plan.overrides  # dense in the reference: stays dense
+    own = {p.name: p.ratio for p in reference.structured}
+    assert plan.overrides, "the 16-channel 3x3 conv has several choices"
+    for name, spec in plan.overrides.items():
+        layer = model.get_submodule(name)
+        ratio = layer.in_channels * math.prod(layer.kernel_size) / (spec.c * math.prod(spec.n))
+        assert own[name] - 1e-9 <= ratio <= own[name] * 1.15 + 1e-9
+    assert "SpeedPlan" in str(plan)
+    assert "16x2x2" in plan.candidates["2"]  # the reference's own (c, n) competed
+    with pytest.raises(ValueError, match="slack"):
+        speed_plan(model, torch.randn(1, 3, 8, 8), 2.0, slack=0.5)

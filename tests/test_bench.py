@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+import structconv as sc
 from structconv import bench
 from structconv._timing import fixed_threads, interleaved_times
 
@@ -28,6 +29,22 @@ def test_bench_json_has_the_required_fields(tmp_path, capsys):
         assert row["rounds"] >= 2
         assert {l["choice"] for l in row["layers"]} <= {"decomposed", "dense"}
     assert out["paper_mults_ratio"] > 1.5
+
+
+def test_bench_speed_plan_for_a_struct_keeps_its_compression(tmp_path, capsys):
+    args = _args("--json", "--plan", "speed", "--batch", "2", "--cache", str(tmp_path / "c.json"), "--no-onnx")
+    assert bench.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "SpeedPlan" in out["speed_plan"]
+    row = out["results"][0]
+    assert row["max_rel_err"] < 1e-4
+    assert row["speedup_paired"] > 0
+    # Struct-A of ResNet20 is about 2x; the speed plan may compress a layer at most 15 % more
+    dense, structured = bench.build_models("cifar_resnet20", struct="A")
+    from structconv.complexity import count_ops
+
+    reference = count_ops(dense, (1, 3, 16, 16)).mults / count_ops(sc.decompose(structured), (1, 3, 16, 16)).mults
+    assert reference <= out["paper_mults_ratio"] <= reference * 1.15
 
 
 def test_bench_with_onnxruntime_and_without_autotune(tmp_path, capsys):

@@ -101,7 +101,7 @@ def padded_box_sum(
         raise ValueError(f"padded_box_sum: method={method!r} must be 'pool' or 'conv'")
     # ONNX AveragePool has no divisor and the exporters drop divisor_override silently: export
     # the mean and scale it back (exact for power-of-two windows, else about 1 ulp).
-    exporting = torch.onnx.is_in_onnx_export()
+    exporting = _tracing() and torch.onnx.is_in_onnx_export()  # cheap test first (eager hot path)
     divisor = None if exporting else 1
     if nd == 1:
         out = F.avg_pool2d(x.unsqueeze(2), (1, window[0]), (1, stride[0]), (0, padding[0]),

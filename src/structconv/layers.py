@@ -299,7 +299,13 @@ class SumPool(nn.Module):
     def kernel_padding(self) -> tuple[int, ...] | None:
         """Per-axis zero padding when the spatial pool runs as one pooling kernel
         (:func:`~structconv.functional.padded_box_sum`), else ``None``."""
-        return pooling_kernel_applies(self.window, self.dilation, self.pad, self.padding_mode)
+        # cached on the geometry: forward runs once per layer per call (9 us uncached)
+        key = (self.window, self.dilation, self.pad, self.padding_mode)
+        cached = self.__dict__.get("_kernel_padding_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, pooling_kernel_applies(*key))
+            self.__dict__["_kernel_padding_cache"] = cached
+        return cached[1]
 
     def _ones(self, x: Tensor) -> Tensor:
         """The depthwise kernel of ones for ``x``'s channels (derived data, cached like the
@@ -322,26 +328,26 @@ class SumPool(nn.Module):
         matrix = self._matrix(x) if self._use_matmul(x.shape[1]) else None
         return _sum_pool(x, self.channel_window, self.window, self.groups, self.dilation, self.stride, matrix)
 
+    def _spatial_pool(self, x: Tensor, padding: tuple[int, ...]) -> Tensor:
+        method = self._spatial_kernel(x.shape[1])
+        ones = self._ones(x) if method == "conv" else None
+        return padded_box_sum(x, self.window, self.stride, padding, method, ones)
+
+    def _channel_pool(self, x: Tensor) -> Tensor:
+        if self._use_matmul(x.shape[1]):
+            return channel_sum_matmul(x, self._matrix(x))
+        return _channel_box_sum(x, self.channel_window, self.groups)
+
     def _pool_with_kernel(self, x: Tensor, padding: tuple[int, ...]) -> Tensor:
-        """Zero-padded spatial pool in one pooling kernel (no padded copy, no shifted adds), and
-        the channel pool on whichever side of it touches fewer elements."""
-        def spatial(t: Tensor) -> Tensor:
-            method = self._spatial_kernel(t.shape[1])
-            ones = self._ones(t) if method == "conv" else None
-            return padded_box_sum(t, self.window, self.stride, padding, method, ones)
-
+        """Zero-padded spatial pool in one kernel (no padded copy, no shifted adds), and the
+        channel pool on whichever side of it touches fewer elements."""
         if self.channel_window == 1:
-            return spatial(x)
-        matrix = self._matrix(x) if self._use_matmul(x.shape[1]) else None
-
-        def channel(t: Tensor) -> Tensor:
-            if matrix is not None:
-                return channel_sum_matmul(t, matrix)
-            return _channel_box_sum(t, self.channel_window, self.groups)
-
+            return self._spatial_pool(x, padding)
         grows = all((s + 2 * p - w) // st + 1 >= s
                     for s, p, w, st in zip(x.shape[2:], padding, self.window, self.stride))  # fmt: skip
-        return spatial(channel(x)) if grows else channel(spatial(x))
+        if grows:
+            return self._spatial_pool(self._channel_pool(x), padding)
+        return self._channel_pool(self._spatial_pool(x, padding))
 
     def extra_repr(self) -> str:
         parts = [f"channel_window={self.channel_window}", f"window={self.window}"]
