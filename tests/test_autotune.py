@@ -8,7 +8,7 @@ from torch import nn
 import structconv as sc
 from structconv.autotune import candidate_structures, optimize, speed_plan
 
-from .conftest import rel_err
+from .conftest import TOL, float64_reference, rel_err
 
 
 def _tiny(seed=0):
@@ -78,7 +78,7 @@ def test_cached_pool_choice_is_applied(tmp_path):
     key = next(k for k in data if "16->16" in k)
     data[key].update(choice="decomposed", pool="sum")
     cache.write_text(json.dumps(data))
-    tuned, _ = optimize(dec, x, threads=1, cache=cache)
+    tuned, _ = optimize(dec, x, threads=1, cache=cache, whole_model=False)
     assert tuned[2].pool.channel_method == "sum"
 
 
@@ -135,3 +135,32 @@ def test_speed_plan_over_a_reference_plan_keeps_each_layers_compression():
     assert "16x2x2" in plan.candidates["2"]  # the reference's own (c, n) competed
     with pytest.raises(ValueError, match="slack"):
         speed_plan(model, torch.randn(1, 3, 8, 8), 2.0, slack=0.5)
+
+
+@pytest.mark.parametrize("faster", ["tuned", "dense"])
+def test_whole_model_check_keeps_the_faster_of_tuned_and_all_dense(monkeypatch, faster, tmp_path):
+    """Layers that each win alone can lose together: the whole-model check times the tuned
+    model against every-layer-dense and keeps the faster, exactly either way."""
+    import structconv.autotune as at
+
+    structured, dec = _decomposed()
+    x = torch.randn(2, 3, 8, 8)
+    # a huge margin: every layer stays decomposed, as if each had won on its own
+    tuned, report = optimize(dec, x, threads=1, cache=False, repeats=1, warmup=0, margin=1e9, whole_model=False)
+    decomposed_names = [c.name for c in report.layers if c.choice == "decomposed"]
+    assert decomposed_names and report.whole_model is None
+    inputs = at._capture_inputs(tuned, x, decomposed_names)
+    fake = {"tuned": [1.0], "dense": [2.0]} if faster == "tuned" else {"tuned": [2.0], "dense": [1.0]}
+    monkeypatch.setattr(at, "interleaved_times", lambda fns, **kw: {k: list(fake[k]) for k in fns})
+    at._check_whole_model(tuned, x, inputs, report, warmup=0, repeats=1, min_time_s=0, margin=1.0)
+    assert report.whole_model["choice"] == ("tuned" if faster == "tuned" else "all_dense")
+    kinds = {type(tuned.get_submodule(n)).__name__ for n in decomposed_names}
+    if faster == "tuned":
+        assert all(k.startswith("Decomposed") for k in kinds)
+    else:
+        assert not any(k.startswith("Decomposed") for k in kinds)
+        assert set(report.dense_layers) >= set(decomposed_names)
+        assert "every layer dense" in str(report)
+    with torch.inference_mode():
+        # four float32 layers in a row: a few times the one-layer tolerance
+        assert rel_err(tuned(x), float64_reference(structured, x)) <= 10 * TOL[torch.float32]

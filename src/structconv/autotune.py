@@ -75,6 +75,8 @@ class TuneReport:
     device: str = "cpu"
     memory_format: str = "contiguous"
     cache_path: str | None = None
+    # whole-model check: {"tuned_ms", "all_dense_ms", "choice": "tuned" | "all_dense"}, or None
+    whole_model: dict | None = None
 
     @property
     def dense_layers(self) -> list[str]:
@@ -86,6 +88,7 @@ class TuneReport:
             "device": self.device,
             "memory_format": self.memory_format,
             "cache_path": self.cache_path,
+            "whole_model": self.whole_model,
             "layers": [dict(asdict(c), speedup=c.speedup) for c in self.layers],
         }
 
@@ -105,7 +108,12 @@ class TuneReport:
             f"Autotune ({self.device}, {self.threads} thread(s), {self.memory_format}): "
             f"{len(self.layers) - n_dense} layers decomposed, {n_dense} run as recomposed dense kernels"
         )
-        return "\n".join([head, *lines])
+        tail = []
+        if self.whole_model:
+            w = self.whole_model
+            tail.append(f"whole model: as tuned {w['tuned_ms']:.3f} ms, every layer dense {w['all_dense_ms']:.3f} ms"
+                        f" -> runs {'as tuned' if w['choice'] == 'tuned' else 'every layer dense'}")  # fmt: skip
+        return "\n".join([head, *lines, *tail])
 
 
 # ------------------------------------------------------------------------------------------
@@ -238,6 +246,7 @@ def optimize(
     margin: float = 1.0,
     inplace: bool = False,
     retune: bool = False,
+    whole_model: bool = True,
 ) -> tuple[nn.Module, TuneReport]:
     """Run every decomposed layer in its measured-faster form; exact either way.
 
@@ -253,6 +262,11 @@ def optimize(
             keyed by layer shape/options, input shape/layout, dtype, device, threads and torch
             version; cached layers are not re-measured unless ``retune``.
         margin: a dense layer must be this many times faster than the decomposed one to win.
+        whole_model: finally time the tuned model against the same model with *every* layer
+            dense (interleaved, on ``example_input``) and keep the faster.  Layers timed one by
+            one can each win by a little and still lose together (per-call overhead, caches);
+            at batch 1 on CIFAR-sized layers this check is what keeps the deployed model from
+            being slower than the dense one.  Not cached: it measures this model as a whole.
 
     Returns ``(model, report)``: the model (a copy unless ``inplace``) and a :class:`TuneReport`.
     """
@@ -318,6 +332,9 @@ def optimize(
                     _set_pool(layer, pool)
                 report.layers.append(LayerChoice(name, _describe_layer(layer), tuple(x.shape), choice,
                                                  pool if choice == "decomposed" else "-", dec_ms, dense_ms, cached))  # fmt: skip
+            if whole_model and any(c.choice == "decomposed" for c in report.layers):
+                _check_whole_model(model, example_input, inputs, report, warmup=warmup, repeats=repeats,
+                                   min_time_s=min_time_s, margin=margin)  # fmt: skip
     if new_entries:
         try:
             _save_cache(cache_path, new_entries)
@@ -326,6 +343,30 @@ def optimize(
     report.cache_path = str(cache_path) if cache_path is not None else None
     model.train(was_training)
     return model, report
+
+
+def _call(model: nn.Module, example_input):
+    return model(*example_input) if isinstance(example_input, (tuple, list)) else model(example_input)
+
+
+def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warmup, repeats, min_time_s, margin):
+    """Time ``model`` as tuned against it with every decomposed layer dense; switch to the
+    latter (in place) when it is faster by ``margin``.  Records ``report.whole_model``."""
+    decomposed = [c for c in report.layers if c.choice == "decomposed"]
+    all_dense = copy.deepcopy(model)
+    dense_layers = {c.name: _dense_like(all_dense.get_submodule(c.name), inputs[c.name]) for c in decomposed}
+    for name, layer in dense_layers.items():
+        _set_submodule(all_dense, name, layer)
+    device = inputs[decomposed[0].name].device
+    times = interleaved_times({"tuned": lambda: _call(model, example_input), "dense": lambda: _call(all_dense, example_input)},
+                              warmup=warmup, repeats=repeats, min_time_s=min_time_s, device=device)  # fmt: skip
+    tuned_ms, dense_ms = median_ms(times["tuned"]), median_ms(times["dense"])
+    choice = "all_dense" if dense_ms * margin < tuned_ms else "tuned"
+    report.whole_model = {"tuned_ms": tuned_ms, "all_dense_ms": dense_ms, "choice": choice}
+    if choice == "all_dense":
+        for c in decomposed:
+            _set_submodule(model, c.name, dense_layers[c.name])
+            c.choice, c.pool = "dense", "-"
 
 
 # ------------------------------------------------------------------------------------------

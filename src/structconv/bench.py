@@ -296,6 +296,7 @@ def run_benchmark(args) -> dict:
             }  # fmt: skip
             if tune is not None:
                 row["layers"] = tune.to_dict()["layers"]
+                row["whole_model_check"] = tune.whole_model
             if want_onnx and device.type == "cpu":
                 row["onnxruntime"] = _ort_times(dense, deployed, x, threads, args)
             result["results"].append(row)
