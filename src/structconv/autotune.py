@@ -75,7 +75,7 @@ class TuneReport:
     device: str = "cpu"
     memory_format: str = "contiguous"
     cache_path: str | None = None
-    # whole-model check: {"tuned_ms", "all_dense_ms", "choice": "tuned" | "all_dense"}, or None
+    # whole-model check: {"tuned_ms", "all_dense_ms" (fastest rounds), medians, "choice": "tuned" | "all_dense"}
     whole_model: dict | None = None
 
     @property
@@ -111,7 +111,7 @@ class TuneReport:
         tail = []
         if self.whole_model:
             w = self.whole_model
-            tail.append(f"whole model: as tuned {w['tuned_ms']:.3f} ms, every layer dense {w['all_dense_ms']:.3f} ms"
+            tail.append(f"whole model (fastest round): as tuned {w['tuned_ms']:.3f} ms, every layer dense {w['all_dense_ms']:.3f} ms"
                         f" -> runs {'as tuned' if w['choice'] == 'tuned' else 'every layer dense'}")  # fmt: skip
         return "\n".join([head, *lines, *tail])
 
@@ -263,7 +263,8 @@ def optimize(
             version; cached layers are not re-measured unless ``retune``.
         margin: a dense layer must be this many times faster than the decomposed one to win.
         whole_model: finally time the tuned model against the same model with *every* layer
-            dense (interleaved, on ``example_input``) and keep the faster.  Layers timed one by
+            dense (interleaved, on ``example_input``) and run every layer dense if that is
+            clearly (> 5 %, fastest rounds) faster.  Layers timed one by
             one can each win by a little and still lose together (per-call overhead, caches);
             at batch 1 on CIFAR-sized layers this check is what keeps the deployed model from
             being slower than the dense one.  Not cached: it measures this model as a whole.
@@ -345,6 +346,9 @@ def optimize(
     return model, report
 
 
+_WHOLE_MODEL_MARGIN = 1.05  # all-dense must be >5 % faster (fastest rounds) to override the per-layer choices
+
+
 def _call(model: nn.Module, example_input):
     return model(*example_input) if isinstance(example_input, (tuple, list)) else model(example_input)
 
@@ -359,10 +363,16 @@ def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warm
         _set_submodule(all_dense, name, layer)
     device = inputs[decomposed[0].name].device
     times = interleaved_times({"tuned": lambda: _call(model, example_input), "dense": lambda: _call(all_dense, example_input)},
-                              warmup=warmup, repeats=repeats, min_time_s=min_time_s, device=device)  # fmt: skip
-    tuned_ms, dense_ms = median_ms(times["tuned"]), median_ms(times["dense"])
-    choice = "all_dense" if dense_ms * margin < tuned_ms else "tuned"
-    report.whole_model = {"tuned_ms": tuned_ms, "all_dense_ms": dense_ms, "choice": choice}
+                              warmup=warmup, repeats=repeats, min_time_s=max(min_time_s, 1.0), device=device)  # fmt: skip
+    # Decide on the fastest round of each, not the median: this shared machine has slow
+    # phases of several seconds (a co-tenant's memory traffic) that slow the memory-bound
+    # decomposed model more than the dense one; a check that falls into one measured a
+    # ResNet56 that runs 1.3x faster as 1.04x.  The minimum is what the code can do.
+    # Per-layer wins are measured; only a clear whole-model loss overrides them.
+    tuned_ms, dense_ms = min(times["tuned"]), min(times["dense"])
+    choice = "all_dense" if dense_ms * margin * _WHOLE_MODEL_MARGIN < tuned_ms else "tuned"
+    report.whole_model = {"tuned_ms": tuned_ms, "all_dense_ms": dense_ms, "choice": choice,
+                          "tuned_median_ms": median_ms(times["tuned"]), "all_dense_median_ms": median_ms(times["dense"])}  # fmt: skip
     if choice == "all_dense":
         for c in decomposed:
             _set_submodule(model, c.name, dense_layers[c.name])
