@@ -55,7 +55,7 @@ class LayerChoice:
     layer: str  # short description of the layer's shape and options
     input_shape: tuple[int, ...]
     choice: str  # "decomposed" or "dense"
-    pool: str  # channel-pool method kept when decomposed ("matmul", "sum", "-")
+    pool: str  # sum-pool variant kept when decomposed: channel method ("matmul", "sum", "-"), "+pool"/"+conv" spatial
     decomposed_ms: float
     dense_ms: float
     cached: bool = False
@@ -181,6 +181,10 @@ def _tunable(m: nn.Module) -> bool:
     return isinstance(m, (_DecomposedConvNd, DecomposedLinear))
 
 
+def _call(model: nn.Module, example_input):
+    return model(*example_input) if isinstance(example_input, (tuple, list)) else model(example_input)
+
+
 def _capture_inputs(model: nn.Module, example_input, names: Iterable[str]) -> dict[str, Tensor]:
     inputs: dict[str, Tensor] = {}
     handles = []
@@ -194,10 +198,7 @@ def _capture_inputs(model: nn.Module, example_input, names: Iterable[str]) -> di
         handles.append(module.register_forward_pre_hook(hook))
     try:
         with torch.inference_mode():
-            if isinstance(example_input, (tuple, list)):
-                model(*example_input)
-            else:
-                model(example_input)
+            _call(model, example_input)
     finally:
         for h in handles:
             h.remove()
@@ -349,13 +350,10 @@ def optimize(
 _WHOLE_MODEL_MARGIN = 1.05  # all-dense must be >5 % faster (fastest rounds) to override the per-layer choices
 
 
-def _call(model: nn.Module, example_input):
-    return model(*example_input) if isinstance(example_input, (tuple, list)) else model(example_input)
-
-
 def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warmup, repeats, min_time_s, margin):
     """Time ``model`` as tuned against it with every decomposed layer dense; switch to the
-    latter (in place) when it is faster by ``margin``.  Records ``report.whole_model``."""
+    latter (in place) when its fastest round beats the tuned one's by ``margin`` times
+    ``_WHOLE_MODEL_MARGIN``.  Records ``report.whole_model``."""
     decomposed = [c for c in report.layers if c.choice == "decomposed"]
     all_dense = copy.deepcopy(model)
     dense_layers = {c.name: _dense_like(all_dense.get_submodule(c.name), inputs[c.name]) for c in decomposed}

@@ -252,7 +252,7 @@ class SumPool(nn.Module):
         ``'pool'`` (``avg_pool`` with divisor 1), ``'conv'`` (depthwise conv with ones) or
         ``'auto'`` (``'conv'`` below 64 channels, where oneDNN's depthwise conv was measured
         1.4-3x faster, else ``'pool'``); :func:`structconv.autotune.optimize` measures both."""
-        return getattr(self, "_spatial_method", "auto")
+        return getattr(self, "_spatial_method", "auto")  # modules pickled before it existed
 
     @spatial_method.setter
     def spatial_method(self, value: str) -> None:
@@ -261,7 +261,7 @@ class SumPool(nn.Module):
         self._spatial_method = value
 
     def _spatial_kernel(self, channels: int) -> str:
-        method = getattr(self, "_spatial_method", "auto")  # modules pickled before it existed
+        method = self.spatial_method
         if method != "auto":
             return method
         return "conv" if channels < _DEPTHWISE_MAX_CHANNELS else "pool"
