@@ -108,10 +108,8 @@ def padded_box_sum(
                            count_include_pad=True, divisor_override=divisor).squeeze(2)  # fmt: skip
     elif nd == 3 and any(size < w for size, w in zip(x.shape[2:], window)):
         # avg_pool3d rejects inputs smaller than the window even when padding covers it
-        out = F.pad(x, [p for q in reversed(padding) for p in (q, q)])
-        for a in range(nd):
-            out = box_sum(out, 2 + a, window[a], 1, stride[a])
-        return out
+        padded = F.pad(x, [p for q in reversed(padding) for p in (q, q)])
+        return _sum_pool(padded, 1, tuple(window), 1, (1,) * nd, tuple(stride), None)
     else:
         pool = F.avg_pool2d if nd == 2 else F.avg_pool3d
         out = pool(x, tuple(window), tuple(stride), tuple(padding), count_include_pad=True, divisor_override=divisor)
