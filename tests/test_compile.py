@@ -66,3 +66,29 @@ def test_decomposed_layer_on_cuda_matches_cpu():
         expected = layer(x)
         got = dec.cuda()(x.cuda()).cpu()
     assert rel_err(got, expected) < 1e-4
+
+
+def test_spatial_pool_compiles_to_the_fusable_pooling_kernel():
+    """Eager picks a depthwise conv with ones for a narrow tensor; under torch.compile 'auto'
+    picks avg_pool (Inductor fuses it with its neighbours), and an explicit choice is kept."""
+    layer = sc.StructuredConv2d(16, 16, 3, padding=1, c=16, n=2).project_()
+    dec = layer.decompose().eval()
+    x = torch.randn(2, 16, 8, 8)
+
+    def ops_of(module):
+        seen = []
+
+        def backend(gm, example_inputs):
+            seen.extend(str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_module"))
+            return gm.forward
+
+        torch._dynamo.reset()
+        with torch.no_grad():
+            assert rel_err(torch.compile(module, backend=backend, fullgraph=True)(x), layer(x)) < 1e-5
+        return " ".join(seen)
+
+    auto = ops_of(dec)
+    assert "avg_pool2d" in auto and auto.count("conv2d") == 1  # the pool, then only the small conv
+    dec.pool.spatial_method = "conv"
+    explicit = ops_of(dec)
+    assert "avg_pool2d" not in explicit and explicit.count("conv2d") == 2
