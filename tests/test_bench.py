@@ -6,6 +6,7 @@ import torch
 import structconv as sc
 from structconv import bench
 from structconv._timing import fixed_threads, interleaved_times
+from structconv.allocator import glibc_malloc_available
 
 
 def _args(*extra):
@@ -20,6 +21,7 @@ def test_bench_json_has_the_required_fields(tmp_path, capsys):
     assert bench.main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["threads"] == 1
+    assert out["malloc"] == ("retain" if glibc_malloc_available() else "system (glibc mallopt unavailable)")
     assert [r["batch"] for r in out["results"]] == [1, 2]
     for row in out["results"]:
         assert row["dense_ms"] > 0 and row["decomposed_ms"] > 0
@@ -28,6 +30,8 @@ def test_bench_json_has_the_required_fields(tmp_path, capsys):
         assert row["max_rel_err"] < 1e-4  # the timed decomposed model is the projected model
         assert row["rounds"] >= 2
         assert {l["choice"] for l in row["layers"]} <= {"decomposed", "dense"}
+        assert row["dense_page_faults"] >= 0 and row["decomposed_page_faults"] >= 0
+        assert "compiled" not in row  # only with --compile
     assert out["paper_mults_ratio"] > 1.5
 
 
@@ -57,6 +61,21 @@ def test_bench_with_onnxruntime_and_without_autotune(tmp_path, capsys):
     ort_row = row["onnxruntime"]
     assert ort_row["dense_ms"] > 0 and ort_row["decomposed_ms"] > 0
     assert ort_row["rel_err_vs_torch"] < 1e-4
+
+
+@pytest.mark.slow
+def test_bench_times_both_models_compiled(tmp_path, capsys):
+    args = _args("--json", "--compile", "--layout", "channels_last", "--batch", "2", "--no-onnx", "--no-autotune",
+                 "--malloc", "system")  # fmt: skip
+    assert bench.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["malloc"] == "system"
+    compiled = out["results"][0]["compiled"]
+    assert compiled["dense_ms"] > 0 and compiled["decomposed_ms"] > 0
+    assert compiled["speedup"] == pytest.approx(compiled["dense_ms"] / compiled["decomposed_ms"])
+    assert compiled["decomposed_layout"] == "channels_last"
+    assert compiled["max_rel_err"] < 1e-4  # Inductor's code computes the projected model's function
+    assert set(compiled["compile_s"]) == {"dense/channels_last", "decomposed/channels_last"}
 
 
 def test_bench_text_output_through_the_cli(tmp_path, capsys):

@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["interleaved_times", "median_ms", "fixed_threads"]
+__all__ = ["interleaved_times", "median_ms", "fixed_threads", "page_faults_per_call"]
 
 
 @contextmanager
@@ -83,3 +83,18 @@ def interleaved_times(
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
+
+
+def page_faults_per_call(fn: Callable[[], object], calls: int = 5) -> float | None:
+    """Minor page faults of this process per call of ``fn`` (after one untimed call), or
+    ``None`` where ``resource`` is unavailable.  Each is a page the kernel zero-filled because
+    the allocator had returned it: see :mod:`structconv.allocator`."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls

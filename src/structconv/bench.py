@@ -11,8 +11,14 @@ For each batch size, in one process and under ``torch.inference_mode()``:
    (exact either way); the per-layer medians are reported;
 4. dense and deployed-decomposed are timed interleaved (A B A B ...) after warm-up; medians
    and ``speedup = dense / decomposed`` are printed, with the thread count fixed;
-5. optionally (default when ``onnxruntime`` is installed) both are exported to ONNX and timed
+5. optionally (``--compile``) both are compiled with ``torch.compile`` (Inductor, frozen
+   parameters) and timed the same way;
+6. optionally (default when ``onnxruntime`` is installed) both are exported to ONNX and timed
    in ONNX Runtime the same way.
+
+Unless ``--malloc system``, glibc is first told to keep freed memory
+(:func:`structconv.allocator.retain_freed_memory`), for both models alike: otherwise every
+call page-faults its activations back, which on a VM costs 20-25 % of a CIFAR ResNet's time.
 
 Timing is measured, never asserted: the machines are shared, so compare ratios from one run.
 """
@@ -27,12 +33,13 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ._timing import fixed_threads, interleaved_times, median_ms
+from ._timing import fixed_threads, interleaved_times, median_ms, page_faults_per_call
 
 __all__ = ["get_args_parser", "main", "build_models", "reference_plan", "run_benchmark"]
 
@@ -63,7 +70,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help="autotune cache file (default ~/.cache/structconv/autotune.json)")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also time both models in ONNX Runtime (default: when onnxruntime is installed)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time both models compiled with torch.compile (Inductor, frozen parameters)")
     p.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True, help="print the per-layer table")
+    p.add_argument("--malloc", choices=("retain", "system"), default="retain",
+                   help="'retain' (default): glibc keeps freed activations for the next call instead of "
+                        "unmapping them (structconv.allocator.retain_freed_memory), for both models; "
+                        "'system': glibc's defaults, every call page-faults its activations back")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     return p
@@ -200,6 +213,7 @@ def _ort_times(dense: nn.Module, deployed: nn.Module, x: torch.Tensor, threads: 
 # ------------------------------------------------------------------------------------------
 def run_benchmark(args) -> dict:
     """Run the benchmark described by parsed ``args``; returns the JSON-ready result."""
+    from .allocator import retain_freed_memory
     from .autotune import optimize, speed_plan
     from .complexity import count_ops
     from .convert import decompose
@@ -216,6 +230,9 @@ def run_benchmark(args) -> dict:
     want_onnx = _ort_available() if args.onnx is None else args.onnx
     if want_onnx and not _ort_available():
         raise ValueError("--onnx needs onnxruntime: pip install onnxruntime")
+    malloc = args.malloc
+    if malloc == "retain" and not retain_freed_memory():
+        malloc = "system (glibc mallopt unavailable)"
 
     overrides = None
     plan_report = None
@@ -238,7 +255,7 @@ def run_benchmark(args) -> dict:
         "arch": args.arch, "struct": args.struct, "ratio": args.ratio, "plan": args.plan,
         "input_size": [chans, h, w], "threads": threads, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "torch": torch.__version__, "fold_bn": args.fold_bn, "autotune": args.autotune,
+        "torch": torch.__version__, "malloc": malloc, "fold_bn": args.fold_bn, "autotune": args.autotune,
         "paper_mults_ratio": ops_dense.mults / ops_dec.mults, "paper_adds_ratio": ops_dense.adds / ops_dec.adds,
         "params_ratio": ops_dense.params / ops_dec.params, "command": "structconv bench " + " ".join(sys.argv[2:])
         if sys.argv[1:2] == ["bench"] else None, "results": [],
@@ -273,8 +290,7 @@ def run_benchmark(args) -> dict:
                     fns[("untuned", layout)] = lambda m=dec_m, xi=dec_x: m(xi)
             times = interleaved_times(fns, warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time,
                                       device=device)  # fmt: skip
-            meds = {k: median_ms(v) for k, v in times.items()}
-            best = {n: min(layouts, key=lambda lay, n=n: meds[(n, lay)]) for n in ("dense", "decomposed")}
+            best = _best_layouts(times, layouts)
             times = {n: times[(n, best[n])] for n in ("dense", "decomposed")} | (
                 {"untuned": times[("untuned", best["decomposed"])]} if best["decomposed"] in untuned else {}
             )
@@ -287,22 +303,65 @@ def run_benchmark(args) -> dict:
                 "speedup": med["dense"] / med["decomposed"], "rounds": len(times["dense"]),
                 # both ran back to back in every round: the median per-round ratio is robust
                 # to the machine drifting between rounds
-                "speedup_paired": statistics.median(d / m for d, m in zip(times["dense"], times["decomposed"])),
+                "speedup_paired": _paired_ratio(times["dense"], times["decomposed"]),
                 "dense_layout": best["dense"], "decomposed_layout": best["decomposed"],
                 "decomposed_untuned_ms": med.get("untuned", med["decomposed"] if tune is None or not tune.dense_layers else None),
                 "dense_ms_min": min(times["dense"]), "decomposed_ms_min": min(times["decomposed"]),
                 "max_rel_err": _rel_err(deployed(dec_x), ref),
+                # pages the kernel zero-filled per call: allocator churn, not arithmetic
+                "dense_page_faults": page_faults_per_call(fns[("dense", best["dense"])]),
+                "decomposed_page_faults": page_faults_per_call(fns[("decomposed", best["decomposed"])]),
                 "layers_run_dense": tune.dense_layers if tune else [],
             }  # fmt: skip
             if tune is not None:
                 row["layers"] = tune.to_dict()["layers"]
                 row["whole_model_check"] = tune.whole_model
+            if args.compile:
+                row["compiled"] = _compiled_times(dense, decomposed, x, ref, layouts, args, device)
             if want_onnx and device.type == "cpu":
                 row["onnxruntime"] = _ort_times(dense, deployed, x, threads, args)
             result["results"].append(row)
             if not args.json:
                 _print_row(result, row, tune, args)
     return result
+
+
+def _best_layouts(times: dict, layouts: list[str]) -> dict[str, str]:
+    """For ``times`` keyed ``(model, layout)``: each model's layout with the lower median."""
+    meds = {k: median_ms(v) for k, v in times.items()}
+    return {n: min(layouts, key=lambda lay, n=n: meds[(n, lay)]) for n in ("dense", "decomposed")}
+
+
+def _paired_ratio(dense: list[float], decomposed: list[float]) -> float:
+    """Median of the per-round ratios: both ran back to back in every round, so a slow phase
+    of the machine hits both and cancels."""
+    return statistics.median(d / m for d, m in zip(dense, decomposed))
+
+
+def _compiled_times(dense: nn.Module, decomposed: nn.Module, x, ref, layouts: list[str], args, device) -> dict:
+    """Both models through ``torch.compile`` (Inductor, parameters frozen as constants, as for
+    deployment), each in each layout, timed in one interleaved loop; each model reports its
+    faster layout.  The decomposed model is the untuned one: autotune's choices are eager
+    measurements, and under Inductor the sum-pools compile to fused loops instead."""
+    torch._dynamo.reset()  # one batch size's models only: stay far below the recompile limit
+    fns, outs, compile_s = {}, {}, {}
+    for name, model in (("dense", dense), ("decomposed", decomposed)):
+        for layout in layouts:
+            m, xi = _with_layout(copy.deepcopy(model), x, layout)
+            compiled = torch.compile(m, options={"freezing": True})
+            start = time.perf_counter()
+            outs[(name, layout)] = compiled(xi)
+            compile_s[f"{name}/{layout}"] = time.perf_counter() - start
+            fns[(name, layout)] = lambda c=compiled, xi=xi: c(xi)
+    times = interleaved_times(fns, warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time, device=device)
+    best = _best_layouts(times, layouts)
+    d, m = times[("dense", best["dense"])], times[("decomposed", best["decomposed"])]
+    return {
+        "dense_ms": median_ms(d), "decomposed_ms": median_ms(m), "speedup": median_ms(d) / median_ms(m),
+        "speedup_paired": _paired_ratio(d, m), "rounds": len(d),
+        "dense_layout": best["dense"], "decomposed_layout": best["decomposed"],
+        "max_rel_err": _rel_err(outs[("decomposed", best["decomposed"])], ref), "compile_s": compile_s,
+    }  # fmt: skip
 
 
 def _cpu_name() -> str:
@@ -320,7 +379,7 @@ def _print_row(result: dict, row: dict, tune, args) -> None:
         print(f"structconv bench: {result['arch']} struct={result['struct'] or '-'} ratio={result['ratio'] or '-'} "
               f"plan={result['plan']} input={'x'.join(map(str, result['input_size']))}")  # fmt: skip
         print(f"device: {result['device']} ({result['device_name']}), threads: {result['threads']} "
-              f"(torch.set_num_threads), torch {result['torch']}, BN folded: {result['fold_bn']}")  # fmt: skip
+              f"(torch.set_num_threads), torch {result['torch']}, BN folded: {result['fold_bn']}, malloc: {result['malloc']}")  # fmt: skip
         print(f"paper's accounting: mults ratio {result['paper_mults_ratio']:.2f}x, adds ratio "
               f"{result['paper_adds_ratio']:.2f}x, params ratio {result['params_ratio']:.2f}x")  # fmt: skip
     if tune is not None and args.layers:
@@ -334,8 +393,15 @@ def _print_row(result: dict, row: dict, tune, args) -> None:
           + (f"   (without autotune: {row['decomposed_untuned_ms']:.3f} ms)" if row.get("decomposed_untuned_ms") else ""))  # fmt: skip
     print(f"  speedup (dense / decomposed): {row['speedup']:.2f}x (median of per-round ratios: "
           f"{row['speedup_paired']:.2f}x)   max rel. error vs projected model: {row['max_rel_err']:.1e}")  # fmt: skip
+    if row["dense_page_faults"] is not None:
+        print(f"  page faults per call: dense {row['dense_page_faults']:.0f}, decomposed {row['decomposed_page_faults']:.0f}")
     if row["layers_run_dense"]:
         print(f"  layers run as recomposed dense kernels: {', '.join(row['layers_run_dense'])}")
+    if "compiled" in row:
+        c = row["compiled"]
+        print(f"  torch.compile (Inductor, frozen), {c['rounds']} rounds: dense {c['dense_ms']:.3f} ms "
+              f"({c['dense_layout']}), decomposed {c['decomposed_ms']:.3f} ms ({c['decomposed_layout']}), "
+              f"speedup {c['speedup']:.2f}x (per-round {c['speedup_paired']:.2f}x), rel. error {c['max_rel_err']:.1e}")  # fmt: skip
     if "onnxruntime" in row:
         o = row["onnxruntime"]
         print(f"  ONNX Runtime: dense {o['dense_ms']:.3f} ms, decomposed {o['decomposed_ms']:.3f} ms, "
