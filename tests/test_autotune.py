@@ -137,7 +137,7 @@ def test_speed_plan_over_a_reference_plan_keeps_each_layers_compression():
         speed_plan(model, torch.randn(1, 3, 8, 8), 2.0, slack=0.5)
 
 
-@pytest.mark.parametrize("faster", ["tuned", "dense"])
+@pytest.mark.parametrize("faster", ["tuned", "dense", "tie"])
 def test_whole_model_check_keeps_the_faster_of_tuned_and_all_dense(monkeypatch, faster, tmp_path):
     """Layers that each win alone can lose together: the whole-model check times the tuned
     model against every-layer-dense and keeps the faster, exactly either way."""
@@ -150,7 +150,9 @@ def test_whole_model_check_keeps_the_faster_of_tuned_and_all_dense(monkeypatch, 
     decomposed_names = [c.name for c in report.layers if c.choice == "decomposed"]
     assert decomposed_names and report.whole_model is None
     inputs = at._capture_inputs(tuned, x, decomposed_names)
-    fake = {"tuned": [1.0], "dense": [2.0]} if faster == "tuned" else {"tuned": [2.0], "dense": [1.0]}
+    fake = {"tuned": {"tuned": [1.0, 1.0, 3.0], "dense": [2.0, 2.0, 1.0]},  # one slow round must not flip it
+            "dense": {"tuned": [2.0, 2.0, 1.0], "dense": [1.0, 1.0, 3.0]},
+            "tie": {"tuned": [1.0, 1.0, 1.0], "dense": [1.0, 1.0, 1.0]}}[faster]  # ties go to the dense reference
     monkeypatch.setattr(at, "interleaved_times", lambda fns, **kw: {k: list(fake[k]) for k in fns})
     at._check_whole_model(tuned, x, inputs, report, warmup=0, repeats=1, min_time_s=0, margin=1.0)
     assert report.whole_model["choice"] == ("tuned" if faster == "tuned" else "all_dense")

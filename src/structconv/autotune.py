@@ -267,8 +267,8 @@ def optimize(
             version; cached layers are not re-measured unless ``retune``.
         margin: a dense layer must be this many times faster than the decomposed one to win.
         whole_model: finally time the tuned model against the same model with *every* layer
-            dense (interleaved, on ``example_input``) and run every layer dense if that is
-            clearly (> 5 %, median of per-round ratios) faster.  Layers timed one by
+            dense (interleaved, on ``example_input``) and run every layer dense unless the
+            tuned model is faster (median of per-round ratios, times ``margin``).  Layers timed one by
             one can each win by a little and still lose together (per-call overhead, caches);
             at batch 1 on CIFAR-sized layers this check is what keeps the deployed model from
             being slower than the dense one.  Not cached: it measures this model as a whole.
@@ -350,13 +350,10 @@ def optimize(
     return model, report
 
 
-_WHOLE_MODEL_MARGIN = 1.05  # all-dense must be >5 % faster (median per-round ratio) to override the per-layer choices
-
-
 def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warmup, repeats, min_time_s, margin):
     """Time ``model`` as tuned against it with every decomposed layer dense, interleaved; switch
-    to the latter (in place) when the median per-round ratio tuned / dense exceeds ``margin``
-    times ``_WHOLE_MODEL_MARGIN``.  Records ``report.whole_model``."""
+    to the latter (in place) unless the median per-round ratio tuned / dense is below ``margin``.
+    Records ``report.whole_model``."""
     decomposed = [c for c in report.layers if c.choice == "decomposed"]
     all_dense = copy.deepcopy(model)
     dense_layers = {c.name: _dense_like(all_dense.get_submodule(c.name), inputs[c.name]) for c in decomposed}
@@ -371,7 +368,9 @@ def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warm
     # model, or their fastest rounds, once switched a ResNet56 that runs 1.3x faster to dense.
     # Per-layer wins are measured; only a clear whole-model loss overrides them.
     ratio = statistics.median(t / d for t, d in zip(times["tuned"], times["dense"]))
-    choice = "all_dense" if ratio > margin * _WHOLE_MODEL_MARGIN else "tuned"
+    # Ties go to dense, the reference: a deployed model must never be slower than it.  With a
+    # 5 % allowance CIFAR ResNet56 at batch 1 kept a tuned model measured 0.95x.
+    choice = "all_dense" if ratio >= margin else "tuned"
     report.whole_model = {"tuned_ms": median_ms(times["tuned"]), "all_dense_ms": median_ms(times["dense"]),
                           "tuned_over_dense": ratio, "rounds": len(times["tuned"]), "choice": choice}  # fmt: skip
     if choice == "all_dense":
