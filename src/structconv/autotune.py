@@ -273,6 +273,10 @@ def optimize(
             at batch 1 on CIFAR-sized layers this check is what keeps the deployed model from
             being slower than the dense one.  Not cached: it measures this model as a whole.
 
+    Measure under the allocator settings you deploy with: with glibc's defaults a young
+    process page-faults its activations on every call, which slows the decomposed form (more
+    intermediates) more than the dense one (see :mod:`structconv.allocator`).
+
     Returns ``(model, report)``: the model (a copy unless ``inplace``) and a :class:`TuneReport`.
     """
     if not inplace:
