@@ -76,7 +76,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--malloc", choices=("retain", "system"), default="retain",
                    help="'retain' (default): glibc keeps freed activations for the next call instead of "
                         "unmapping them (structconv.allocator.retain_freed_memory), for both models; "
-                        "'system': glibc's defaults, every call page-faults its activations back")
+                        "'system': glibc's defaults, under which a call may page-fault its activations back")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     return p
@@ -347,6 +347,7 @@ def _compiled_times(dense: nn.Module, decomposed: nn.Module, x, ref, layouts: li
     fns, outs, compile_s = {}, {}, {}
     for name, model in (("dense", dense), ("decomposed", decomposed)):
         for layout in layouts:
+            # a copy: frozen parameters belong to the compiled graph, not to the eager models
             m, xi = _with_layout(copy.deepcopy(model), x, layout)
             compiled = torch.compile(m, options={"freezing": True})
             start = time.perf_counter()
