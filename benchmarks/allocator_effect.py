@@ -19,9 +19,10 @@ import subprocess
 import sys
 
 _WORKER = r"""
-import json, resource, statistics, sys, time
+import json, resource, sys, time
 import torch
 import structconv as sc
+from structconv._timing import median_ms, paired_ratio
 from structconv.allocator import retain_freed_memory
 from structconv.bench import build_models, input_size_for
 from structconv.deploy import fold_batchnorm
@@ -47,10 +48,10 @@ with torch.inference_mode():
             models[name](x)
             times[name].append((time.perf_counter() - t0) * 1e3)
             faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-out = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+out = {f"{k}_ms": median_ms(v) for k, v in times.items()}
 out.update({f"{k}_page_faults": faults[k] / int(rounds) for k in models})
 out["speedup"] = out["dense_ms"] / out["decomposed_ms"]
-out["speedup_paired"] = statistics.median(d / m for d, m in zip(times["dense"], times["decomposed"]))
+out["speedup_paired"] = paired_ratio(times["dense"], times["decomposed"])
 print(json.dumps(out))
 """
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 
 import structconv as sc
-from structconv._timing import fixed_threads, interleaved_times, median_ms
+from structconv._timing import fixed_threads, interleaved_times, median_ms, paired_ratio
 
 
 def main(argv=None) -> dict:
@@ -64,7 +63,7 @@ def main(argv=None) -> dict:
         "sr_alone_ms": median_ms(alone["sr_forward_backward"]), "rounds": len(times["plain"]),
         # each round times both variants back to back: the median of the per-round ratios is
         # robust to the machine drifting between rounds
-        "paired_overhead_ratio": statistics.median(b / a for a, b in zip(times["plain"], times["with_sr"])),
+        "paired_overhead_ratio": paired_ratio(times["with_sr"], times["plain"]),
     }  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=1))

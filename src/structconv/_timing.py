@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["interleaved_times", "median_ms", "fixed_threads", "page_faults_per_call"]
+__all__ = ["interleaved_times", "median_ms", "paired_ratio", "fixed_threads", "page_faults_per_call"]
 
 
 @contextmanager
@@ -83,6 +83,12 @@ def interleaved_times(
 
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) if samples else float("nan")
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median of the per-round ratios of two variants from :func:`interleaved_times`: both ran
+    back to back in every round, so a slow phase of a shared machine hits both and cancels."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 def page_faults_per_call(fn: Callable[[], object], calls: int = 5) -> float | None:

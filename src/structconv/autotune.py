@@ -19,7 +19,6 @@ import copy
 import json
 import math
 import os
-import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,7 +26,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from ._timing import fixed_threads, interleaved_times, median_ms
+from ._timing import fixed_threads, interleaved_times, median_ms, paired_ratio
 from .convert import StructurePlan, StructureSpec, _all_sizes, _check_ratio, _describe, _set_submodule, plan
 from .layers import DecomposedLinear, _DecomposedConvNd
 from .serialization import atomic_write_json
@@ -367,11 +366,9 @@ def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warm
     times = interleaved_times({"tuned": lambda: _call(model, example_input), "dense": lambda: _call(all_dense, example_input)},
                               warmup=warmup, repeats=repeats, min_time_s=max(min_time_s, 1.0), device=device)  # fmt: skip
     # Decide on the median of the per-round ratios: both models run back to back in every
-    # round, so a slow phase of a shared machine (seconds long, and harder on the
-    # memory-bound decomposed model) hits both and cancels in the ratio.  Medians of each
-    # model, or their fastest rounds, once switched a ResNet56 that runs 1.3x faster to dense.
-    # Per-layer wins are measured; only a clear whole-model loss overrides them.
-    ratio = statistics.median(t / d for t, d in zip(times["tuned"], times["dense"]))
+    # round, so a slow phase of a shared machine (harder on the memory-bound decomposed
+    # model) hits both and cancels in the ratio.
+    ratio = paired_ratio(times["tuned"], times["dense"])
     # Ties go to dense, the reference: a deployed model must never be slower than it.  With a
     # 5 % allowance CIFAR ResNet56 at batch 1 kept a tuned model measured 0.95x.
     choice = "all_dense" if ratio >= margin else "tuned"

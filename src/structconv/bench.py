@@ -30,7 +30,6 @@ import copy
 import json
 import math
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._timing import fixed_threads, interleaved_times, median_ms, page_faults_per_call
+from ._timing import fixed_threads, interleaved_times, median_ms, page_faults_per_call, paired_ratio
 
 __all__ = ["get_args_parser", "main", "build_models", "reference_plan", "run_benchmark"]
 
@@ -303,7 +302,7 @@ def run_benchmark(args) -> dict:
                 "speedup": med["dense"] / med["decomposed"], "rounds": len(times["dense"]),
                 # both ran back to back in every round: the median per-round ratio is robust
                 # to the machine drifting between rounds
-                "speedup_paired": _paired_ratio(times["dense"], times["decomposed"]),
+                "speedup_paired": paired_ratio(times["dense"], times["decomposed"]),
                 "dense_layout": best["dense"], "decomposed_layout": best["decomposed"],
                 "decomposed_untuned_ms": med.get("untuned", med["decomposed"] if tune is None or not tune.dense_layers else None),
                 "dense_ms_min": min(times["dense"]), "decomposed_ms_min": min(times["decomposed"]),
@@ -332,12 +331,6 @@ def _best_layouts(times: dict, layouts: list[str]) -> dict[str, str]:
     return {n: min(layouts, key=lambda lay, n=n: meds[(n, lay)]) for n in ("dense", "decomposed")}
 
 
-def _paired_ratio(dense: list[float], decomposed: list[float]) -> float:
-    """Median of the per-round ratios: both ran back to back in every round, so a slow phase
-    of the machine hits both and cancels."""
-    return statistics.median(d / m for d, m in zip(dense, decomposed))
-
-
 def _compiled_times(dense: nn.Module, decomposed: nn.Module, x, ref, layouts: list[str], args, device) -> dict:
     """Both models through ``torch.compile`` (Inductor, parameters frozen as constants, as for
     deployment), each in each layout, timed in one interleaved loop; each model reports its
@@ -359,7 +352,7 @@ def _compiled_times(dense: nn.Module, decomposed: nn.Module, x, ref, layouts: li
     d, m = times[("dense", best["dense"])], times[("decomposed", best["decomposed"])]
     return {
         "dense_ms": median_ms(d), "decomposed_ms": median_ms(m), "speedup": median_ms(d) / median_ms(m),
-        "speedup_paired": _paired_ratio(d, m), "rounds": len(d),
+        "speedup_paired": paired_ratio(d, m), "rounds": len(d),
         "dense_layout": best["dense"], "decomposed_layout": best["decomposed"],
         "max_rel_err": _rel_err(outs[("decomposed", best["decomposed"])], ref), "compile_s": compile_s,
     }  # fmt: skip
