@@ -4,8 +4,8 @@
 
 For each setting (glibc's defaults, then ``structconv.allocator.retain_freed_memory``) a
 *fresh* Python process builds the dense model and its decomposed Struct-A/B form (BatchNorm
-folded, channels_last), times both interleaved (after warm-up, medians) and counts the minor
-page faults per call.  A fresh process matters: glibc raises its thresholds as a process frees
+folded, channels_last), times both interleaved (``structconv._timing``: after warm-up, medians) and counts the
+minor page faults per call.  A fresh process matters: glibc raises its thresholds as a process frees
 ever larger blocks, so the same call inside a long-lived process (``structconv bench``, after
 its tuning steps) may not fault at all, while a deployment that starts and serves does.
 Prints one table (or ``--json``); timing is never asserted anywhere.
@@ -19,10 +19,10 @@ import subprocess
 import sys
 
 _WORKER = r"""
-import json, resource, sys, time
+import json, sys
 import torch
 import structconv as sc
-from structconv._timing import median_ms, paired_ratio
+from structconv._timing import interleaved_times, median_ms, page_faults_per_call, paired_ratio
 from structconv.allocator import retain_freed_memory
 from structconv.bench import build_models, input_size_for
 from structconv.deploy import fold_batchnorm
@@ -36,20 +36,11 @@ cl = torch.channels_last
 models = {"dense": fold_batchnorm(dense).to(memory_format=cl),
           "decomposed": fold_batchnorm(sc.decompose(structured)).to(memory_format=cl)}
 x = torch.randn(int(batch), *input_size_for(arch, None)).contiguous(memory_format=cl)
-times = {k: [] for k in models}
-faults = {k: 0 for k in models}
+fns = {name: (lambda m=m: m(x)) for name, m in models.items()}
 with torch.inference_mode():
-    for m in models.values():
-        m(x); m(x)
-    for r in range(int(rounds)):
-        for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
-            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            t0 = time.perf_counter()
-            models[name](x)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-out = {f"{k}_ms": median_ms(v) for k, v in times.items()}
-out.update({f"{k}_page_faults": faults[k] / int(rounds) for k in models})
+    times = interleaved_times(fns, warmup=2, repeats=int(rounds))
+    out = {f"{k}_page_faults": page_faults_per_call(fn) for k, fn in fns.items()}
+out.update({f"{k}_ms": median_ms(v) for k, v in times.items()})
 out["speedup"] = out["dense_ms"] / out["decomposed_ms"]
 out["speedup_paired"] = paired_ratio(times["dense"], times["decomposed"])
 print(json.dumps(out))

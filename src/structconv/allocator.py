@@ -2,11 +2,10 @@
 
 PyTorch's CPU tensors come from the C library's ``malloc``.  glibc gives large freed blocks
 back to the kernel (``munmap`` above ``M_MMAP_THRESHOLD``, heap trimming above
-``M_TRIM_THRESHOLD``), so every inference call maps its activations afresh and the kernel
+``M_TRIM_THRESHOLD``), so an inference call can map its activations afresh, and the kernel
 zero-fills each 4 KiB page on first touch.  Measured in a fresh process on a 2-core KVM guest
-(CIFAR ResNet56 Struct-A, batch 32, ``benchmarks/allocator_effect.py``): 5,267 page faults
-per call dense and 6,064 decomposed, 18 % and 25 % of their time; the decomposed model's
-sum-pools add intermediate tensors.  PyTorch's CPU performance guide
+(CIFAR ResNet56 Struct-A, batch 32, ``benchmarks/allocator_effect.py``): 6,528 page faults
+per call dense and 6,400 decomposed, 22 % of either's time.  PyTorch's CPU performance guide
 and Intel's ``torch.backends.xeon.run_cpu`` launcher swap in jemalloc or TCMalloc for the same
 reason; :func:`retain_freed_memory` gets the same effect from glibc itself, in-process, with
 no preload.  ONNX Runtime's arena allocator already keeps its memory.

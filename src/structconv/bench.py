@@ -18,7 +18,7 @@ For each batch size, in one process and under ``torch.inference_mode()``:
 
 Unless ``--malloc system``, glibc is first told to keep freed memory
 (:func:`structconv.allocator.retain_freed_memory`), for both models alike: otherwise every
-call may page-fault its activations back (18-25 % of a CIFAR ResNet56 call in a fresh process).
+call may page-fault its activations back (22 % of a CIFAR ResNet56 call in a fresh process).
 
 Timing is measured, never asserted: the machines are shared, so compare ratios from one run.
 """
