@@ -24,7 +24,7 @@ import torch
 import structconv as sc
 from structconv._timing import interleaved_times, median_ms, page_faults_per_call, paired_ratio
 from structconv.allocator import retain_freed_memory
-from structconv.bench import build_models, input_size_for
+from structconv.benchmark import build_models, input_size_for
 from structconv.deploy import fold_batchnorm
 
 arch, struct, batch, threads, rounds, mode = sys.argv[1:7]

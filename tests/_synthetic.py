@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import pickle
 import struct
 from pathlib import Path
@@ -74,3 +75,12 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: in
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(d / f"img{i}.png")
     return Path(root)
+
+
+def load_example(name: str):
+    """The module ``examples/<name>.py`` (examples are scripts, not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 import structconv as sc
-from structconv.autotune import candidate_structures, optimize, speed_plan
+from structconv._timing import capture_inputs
+from structconv.autotune import optimize
+from structconv.speed_plan import candidate_structures, speed_plan
 
 from .conftest import TOL, float64_reference, rel_err
 
@@ -149,7 +151,7 @@ def test_whole_model_check_keeps_the_faster_of_tuned_and_all_dense(monkeypatch, 
     tuned, report = optimize(dec, x, threads=1, cache=False, repeats=1, warmup=0, margin=1e9, whole_model=False)
     decomposed_names = [c.name for c in report.layers if c.choice == "decomposed"]
     assert decomposed_names and report.whole_model is None
-    inputs = at._capture_inputs(tuned, x, decomposed_names)
+    inputs = capture_inputs(tuned, x, decomposed_names)
     fake = {"tuned": {"tuned": [1.0, 1.0, 3.0], "dense": [2.0, 2.0, 1.0]},  # one slow round must not flip it
             "dense": {"tuned": [2.0, 2.0, 1.0], "dense": [1.0, 1.0, 3.0]},
             "tie": {"tuned": [1.0, 1.0, 1.0], "dense": [1.0, 1.0, 1.0]}}[faster]  # ties go to the dense reference

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import structconv as sc
-from structconv import bench
+from structconv import benchmark
+from structconv.cli import bench
 from structconv._timing import fixed_threads, interleaved_times
 from structconv.allocator import glibc_malloc_available
 
@@ -44,7 +45,7 @@ def test_bench_speed_plan_for_a_struct_keeps_its_compression(tmp_path, capsys):
     assert row["max_rel_err"] < 1e-4
     assert row["speedup_paired"] > 0
     # Struct-A of ResNet20 is about 2x; the speed plan may compress a layer at most 15 % more
-    dense, structured = bench.build_models("cifar_resnet20", struct="A")
+    dense, structured = benchmark.build_models("cifar_resnet20", struct="A")
     from structconv.complexity import count_ops
 
     reference = count_ops(dense, (1, 3, 16, 16)).mults / count_ops(sc.decompose(structured), (1, 3, 16, 16)).mults
@@ -90,12 +91,12 @@ def test_bench_text_output_through_the_cli(tmp_path, capsys):
 
 def test_bench_rejects_bad_arguments():
     with pytest.raises(ValueError, match="batch"):
-        bench.run_benchmark(_args("--batch", "0"))
+        benchmark.run_benchmark("cifar_resnet20", struct="A", batches=(0,))
     with pytest.raises(ValueError, match="struct"):
-        bench.build_models("cifar_resnet20")
+        benchmark.build_models("cifar_resnet20")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
-            bench.run_benchmark(_args("--device", "cuda"))
+            benchmark.run_benchmark("cifar_resnet20", struct="A", device="cuda")
 
 
 def test_interleaved_times_alternates_and_counts():

@@ -13,7 +13,7 @@ import torch
 from structconv.cli import main as cli
 from structconv.serialization import read_checkpoint
 
-from ._synthetic import make_fashion_mnist
+from ._synthetic import load_example, make_fashion_mnist
 
 TINY = ["--batch-size", "32", "--eval-subset", "32", "--no-progress", "--quiet", "--print-freq", "4"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -96,7 +96,7 @@ def test_decompose_and_eval_commands(tmp_path, fmnist, capsys):
 
 
 def test_demo_main_job_prints_the_comparison_table(tmp_path, fmnist, capsys):
-    from structconv import demo
+    demo = load_example("demo")
 
     args = demo.get_args_parser().parse_args(["--steps", "2", "--data-path", str(fmnist), "--eval-subset", "32",
                                               "--output-dir", str(tmp_path), "--threads", "1", "--no-progress"])  # fmt: skip

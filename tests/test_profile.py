@@ -6,7 +6,7 @@ import pytest
 
 from structconv.cli import main as cli
 from structconv.models.paper import PAPER_ROWS, paper_row
-from structconv.profile import profile
+from structconv.profiling import profile
 
 BASELINES = ["cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "resnet18", "resnet34", "resnet50", "mobilenet_v2"]
 

@@ -13,7 +13,16 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from .basis import CompositeBasis, StructuredBasis
 from .complexity import OpsReport, count_ops
-from .convert import StructurePlan, StructureSpec, decompose, plan, structurize
+from .convert import (
+    DEFAULT_TOLERANCE,
+    StructurePlan,
+    StructureSpec,
+    StructureWarning,
+    UnstructuredError,
+    decompose,
+    plan,
+    structurize,
+)
 from .functional import box_sum, structured_conv, sum_pool
 from .layers import (
     CompositeConv1d,
@@ -42,7 +51,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "CompositeBasis", "StructuredBasis", "OpsReport", "count_ops", "StructurePlan", "StructureSpec",
-    "decompose", "plan", "structurize", "box_sum", "structured_conv", "sum_pool",
+    "decompose", "plan", "structurize", "DEFAULT_TOLERANCE", "StructureWarning", "UnstructuredError", "box_sum", "structured_conv", "sum_pool",
     "CompositeConv1d", "CompositeConv2d", "CompositeConv3d", "DecomposedCompositeConv",
     "DecomposedConv1d", "DecomposedConv2d", "DecomposedConv3d", "DecomposedLayer", "DecomposedLinear",
     "StructuredConv1d", "StructuredConv2d", "StructuredConv3d", "StructuredLayer", "StructuredLinear",

@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["interleaved_times", "median_ms", "paired_ratio", "fixed_threads", "page_faults_per_call"]
+__all__ = ["interleaved_times", "median_ms", "paired_ratio", "fixed_threads", "page_faults_per_call", "call", "capture_inputs"]
 
 
 @contextmanager
@@ -104,3 +104,30 @@ def page_faults_per_call(fn: Callable[[], object], calls: int = 5) -> float | No
     for _ in range(calls):
         fn()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def call(model, example_input):
+    """``model(*example_input)`` for a tuple/list of inputs, else ``model(example_input)``."""
+    return model(*example_input) if isinstance(example_input, (tuple, list)) else model(example_input)
+
+
+def capture_inputs(model, example_input, names) -> dict:
+    """``{name: the first tensor input of submodule name}`` during one ``model(example_input)``
+    under ``torch.inference_mode()`` (cloned, memory layout kept): what each layer really sees."""
+    inputs: dict = {}
+    handles = []
+    for name in names:
+        module = model.get_submodule(name)
+
+        def hook(mod, args, name=name):
+            if name not in inputs and args and isinstance(args[0], torch.Tensor):
+                inputs[name] = args[0].detach().clone(memory_format=torch.preserve_format)
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.inference_mode():
+            call(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs

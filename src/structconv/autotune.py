@@ -1,13 +1,14 @@
-"""Measured per-layer choices for deployment: decomposed or recomposed dense, and speed-aware plans.
+"""Deploy-time choice, measured: each decomposed layer runs decomposed (in its fastest sum-pool
+backends) or as its recomposed dense kernel.
 
 A decomposed layer (sum-pool + small conv) does fewer multiplications than its dense form, but
 whether it *runs* faster depends on the layer's shape, the memory layout, the library (oneDNN,
 cuDNN) and the machine.  :func:`optimize` measures every decomposed layer of a model on the
-inputs it actually sees, against its exact dense equivalent (:meth:`recompose`), keeps the
-faster, and caches the decision; both forms compute the same function, so the choice changes
-speed only.  :func:`speed_plan` goes one step earlier: for a target ratio it measures the
-``(c, n)`` choices that reach the ratio and returns the fastest per layer as ``overrides`` for
-:func:`structconv.structurize`.
+inputs it actually sees, in every applicable combination of sum-pool backends
+(:data:`structconv.pooling.BACKENDS`), against its exact dense equivalent (:meth:`recompose`),
+keeps the fastest, and caches the decision; every form computes the same function, so the
+choice changes speed only.  The plan-time counterpart, which picks ``(c, n)`` by speed before
+training, is :func:`structconv.speed_plan.speed_plan`.
 
 Measurement follows :mod:`structconv._timing`: same process, interleaved, warm-up, medians,
 fixed thread count, ``torch.inference_mode()``.
@@ -17,21 +18,23 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
-from ._timing import fixed_threads, interleaved_times, median_ms, paired_ratio
-from .convert import StructurePlan, StructureSpec, _all_sizes, _check_ratio, _describe, _set_submodule, plan
+from . import pooling as _sp
+from ._io import atomic_write_json
+from ._timing import call, capture_inputs, fixed_threads, interleaved_times, median_ms, paired_ratio
+from .convert import _set_submodule
 from .layers import DecomposedLinear, _DecomposedConvNd
-from .serialization import atomic_write_json
+from .reporting import format_table
+from .speed_plan import SpeedPlan, candidate_structures, speed_plan  # noqa: F401 - their former home
 
-__all__ = ["LayerChoice", "TuneReport", "optimize", "default_cache_path", "speed_plan", "SpeedPlan"]
+__all__ = ["LayerChoice", "TuneReport", "optimize", "default_cache_path"]
 
 _CHOICES = ("decomposed", "dense")
 
@@ -101,9 +104,6 @@ class TuneReport:
                 runs += " [cached]"
             rows.append((c.name, c.layer, "x".join(map(str, c.input_shape)), f"{c.decomposed_ms:.3f}",
                          f"{c.dense_ms:.3f}", f"{c.speedup:.2f}x", runs))  # fmt: skip
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
         n_dense = len(self.dense_layers)
         head = (
             f"Autotune ({self.device}, {self.threads} thread(s), {self.memory_format}): "
@@ -115,26 +115,54 @@ class TuneReport:
             tail.append(f"whole model ({w['rounds']} rounds): as tuned {w['tuned_ms']:.3f} ms, every layer dense "
                         f"{w['all_dense_ms']:.3f} ms, per-round ratio {w['tuned_over_dense']:.2f}"
                         f" -> runs {'as tuned' if w['choice'] == 'tuned' else 'every layer dense'}")  # fmt: skip
-        return "\n".join([head, *lines, *tail])
+        return "\n".join([head, format_table(rows), *tail])
 
 
 # ------------------------------------------------------------------------------------------
 # cache
 # ------------------------------------------------------------------------------------------
+_ENTRY_FIELDS = {"choice": str, "pool": str, "decomposed_ms": (int, float), "dense_ms": (int, float)}
+
+
+def _valid_pool(pool: str) -> bool:
+    """A recorded variant (``'<channel>'`` or ``'<channel>+<spatial>'``) names known backends."""
+    channel, _, spatial = pool.partition("+")
+    return (channel == "-" or channel in _sp.BACKENDS["channel"]) and (not spatial or spatial in _sp.BACKENDS["spatial"])
+
+
+def _valid_entry(entry) -> bool:
+    return (isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in _ENTRY_FIELDS.items())
+            and entry["choice"] in _CHOICES and _valid_pool(entry["pool"]))  # fmt: skip
+
+
 def _load_cache(path: Path | None) -> dict:
+    """The cached decisions at ``path``; a cache that cannot be read, or entries that are not
+    decisions this version understands, are ignored with a warning (and re-measured)."""
     if path is None or not path.exists():
         return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        warnings.warn(f"autotune cache {str(path)!r} is unreadable ({type(err).__name__}); ignoring it, "
+                      "it will be rebuilt", RuntimeWarning, stacklevel=3)  # fmt: skip
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        warnings.warn(f"autotune cache {str(path)!r} is not a JSON object; ignoring it, it will be rebuilt",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        return {}
+    good = {k: v for k, v in data.items() if _valid_entry(v)}
+    if len(good) < len(data):
+        warnings.warn(f"autotune cache {str(path)!r}: ignoring {len(data) - len(good)} malformed entries "
+                      "(they will be re-measured)", RuntimeWarning, stacklevel=3)  # fmt: skip
+    return good
 
 
 def _save_cache(path: Path | None, entries: dict) -> None:
     if path is None:
         return
-    merged = _load_cache(path)
+    with warnings.catch_warnings():  # already reported when the cache was read
+        warnings.simplefilter("ignore", RuntimeWarning)
+        merged = _load_cache(path)
     merged.update(entries)
     atomic_write_json(merged, path, indent=1, sort_keys=True)
 
@@ -183,30 +211,6 @@ def _tunable(m: nn.Module) -> bool:
     return isinstance(m, (_DecomposedConvNd, DecomposedLinear))
 
 
-def _call(model: nn.Module, example_input):
-    return model(*example_input) if isinstance(example_input, (tuple, list)) else model(example_input)
-
-
-def _capture_inputs(model: nn.Module, example_input, names: Iterable[str]) -> dict[str, Tensor]:
-    inputs: dict[str, Tensor] = {}
-    handles = []
-    for name in names:
-        module = model.get_submodule(name)
-
-        def hook(mod, args, name=name):
-            if name not in inputs and args and isinstance(args[0], Tensor):
-                inputs[name] = args[0].detach().clone(memory_format=torch.preserve_format)
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.inference_mode():
-            _call(model, example_input)
-    finally:
-        for h in handles:
-            h.remove()
-    return inputs
-
-
 def _dense_like(layer: nn.Module, x: Tensor) -> nn.Module:
     dense = layer.recompose()
     if isinstance(layer, _DecomposedConvNd) and x.dim() in (4, 5) and _layout(x).startswith("channels_last"):
@@ -215,16 +219,18 @@ def _dense_like(layer: nn.Module, x: Tensor) -> nn.Module:
     return dense.eval()
 
 
-def _pool_variants(layer: nn.Module) -> list[str]:
-    """Sum-pool implementations to time: ``'<channel method>'`` (``'-'`` when there is no
-    channel pool), followed by ``'+pool'`` / ``'+conv'`` where the spatial pool can run as one
-    kernel (see ``SumPool.spatial_method``)."""
+def _pool_variants(layer: nn.Module, x: Tensor) -> list[str]:
+    """Sum-pool variants to time for ``layer`` on input ``x``: every applicable combination of
+    backends from :data:`structconv.pooling.BACKENDS`, written ``'<channel>+<spatial>'``
+    (``'-'`` when there is no channel pool; the spatial part only where several backends apply)."""
     if not isinstance(layer, _DecomposedConvNd):
         return ["-"]
-    channel = ["matmul", "sum"] if layer.pool.channel_window > 1 else ["-"]
-    if layer.pool.kernel_padding is None:
+    spec = layer.pool.spec
+    channel = _sp.applicable_backends("channel", spec, x) if spec.channel_window > 1 else ["-"]
+    spatial = _sp.applicable_backends("spatial", spec, x)
+    if len(spatial) <= 1:
         return channel
-    return [f"{c}+{s}" for c in channel for s in ("pool", "conv")]
+    return [f"{c}+{s}" for c in channel for s in spatial]
 
 
 def _set_pool(layer: nn.Module, method: str) -> None:
@@ -273,9 +279,8 @@ def optimize(
             being slower than the dense one.  Not cached: it measures this model as a whole.
 
     Measure under the allocator settings you deploy with: with glibc's defaults a young
-    process may page-fault its activations on every call, which once timed a CIFAR ResNet56
-    at 66.6 ms tuned vs 57.4 ms all-dense, where it later ran 35.3 vs 44.1 ms (BENCHMARKS.md;
-    see :mod:`structconv.allocator`).
+    process may page-fault its activations on every call, which has misled this check
+    (BENCHMARKS.md; see :mod:`structconv.allocator`).
 
     Returns ``(model, report)``: the model (a copy unless ``inplace``) and a :class:`TuneReport`.
     """
@@ -301,7 +306,7 @@ def optimize(
     report = TuneReport()
     with fixed_threads(threads) as n_threads:
         report.threads = n_threads
-        inputs = _capture_inputs(model, example_input, names)
+        inputs = capture_inputs(model, example_input, names)
         first = next(iter(inputs.values()), None)
         if first is not None:
             report.device = str(first.device)
@@ -320,7 +325,7 @@ def optimize(
                 else:
                     dense = _dense_like(layer, x)
                     fns = {"dense": lambda d=dense: d(x)}
-                    pools = _pool_variants(layer)
+                    pools = _pool_variants(layer, x)
                     variants = {}
                     for method in pools:
                         variant = copy.deepcopy(layer)
@@ -364,14 +369,14 @@ def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warm
     for name, layer in dense_layers.items():
         _set_submodule(all_dense, name, layer)
     device = inputs[decomposed[0].name].device
-    times = interleaved_times({"tuned": lambda: _call(model, example_input), "dense": lambda: _call(all_dense, example_input)},
+    times = interleaved_times({"tuned": lambda: call(model, example_input), "dense": lambda: call(all_dense, example_input)},
                               warmup=warmup, repeats=repeats, min_time_s=max(min_time_s, 1.0), device=device)  # fmt: skip
     # Decide on the median of the per-round ratios: both models run back to back in every
     # round, so a slow phase of a shared machine (harder on the memory-bound decomposed
     # model) hits both and cancels in the ratio.
     ratio = paired_ratio(times["tuned"], times["dense"])
-    # Ties go to dense, the reference: a deployed model must never be slower than it.  With a
-    # 5 % allowance CIFAR ResNet56 at batch 1 kept a tuned model measured 0.95x.
+    # Ties go to dense, the reference: a deployed model must never be slower than it (an
+    # allowance kept measurably slower tuned models).
     choice = "all_dense" if ratio >= margin else "tuned"
     report.whole_model = {"tuned_ms": median_ms(times["tuned"]), "all_dense_ms": median_ms(times["dense"]),
                           "tuned_over_dense": ratio, "rounds": len(times["tuned"]), "choice": choice}  # fmt: skip
@@ -379,125 +384,3 @@ def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warm
         for c in decomposed:
             _set_submodule(model, c.name, dense_layers[c.name])
             c.choice, c.pool = "dense", "-"
-
-
-# ------------------------------------------------------------------------------------------
-# speed-aware plan
-# ------------------------------------------------------------------------------------------
-@dataclass
-class SpeedPlan:
-    """Per-layer ``(c, n)`` chosen by measured speed among those reaching the ratio."""
-
-    overrides: dict[str, StructureSpec] = field(default_factory=dict)
-    rows: list[tuple[str, str, str, float, float]] = field(default_factory=list)  # name, shape, spec, ms, ratio
-    candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {spec: ms}
-    threads: int = 1
-
-    def __str__(self) -> str:
-        rows = [("layer", "C/g x kernel", "fastest c x n", "ms", "ratio", "others (ms)")]
-        for name, shape, spec, ms, ratio in self.rows:
-            others = ", ".join(f"{k}:{v:.3f}" for k, v in self.candidates.get(name, {}).items() if k != spec)
-            rows.append((name, shape, spec, f"{ms:.3f}", f"{ratio:.2f}", others))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join([f"SpeedPlan ({self.threads} thread(s)): {len(self.overrides)} layers", *lines])
-
-
-def candidate_structures(channels: int, kernel_size: tuple[int, ...], ratio: float, *, slack: float = 1.15):
-    """The Pareto-largest ``(c, n)`` per kernel size ``n`` that reach ``ratio``: for each ``n``
-    the largest ``c`` with ``C prod(k) / (c prod(n)) >= ratio``, keeping those within ``slack``
-    of the most degrees of freedom (so a fast but much smaller choice is not preferred)."""
-    ratio = _check_ratio(ratio, "candidate_structures")
-    full = channels * math.prod(kernel_size)
-    budget = full / ratio * (1 + 1e-9)
-    found = []
-    for n in _all_sizes(kernel_size):
-        c = min(channels, int(budget // math.prod(n)))
-        if c >= 1 and c * math.prod(n) < full:
-            found.append(StructureSpec(c, n))
-    if not found:
-        return []
-    best = max(s.c * math.prod(s.n) for s in found)
-    return [s for s in found if s.c * math.prod(s.n) * slack >= best]
-
-
-def speed_plan(
-    model: nn.Module,
-    example_input,
-    ratio: float | StructurePlan = 2.0,
-    *,
-    threads: int | None = None,
-    memory_format: torch.memory_format = torch.channels_last,
-    filter_fn=None,
-    slack: float = 1.15,
-    repeats: int = 9,
-    warmup: int = 2,
-) -> SpeedPlan:
-    """Per layer, the fastest measured ``(c, n)`` among the choices that reach ``ratio``.
-
-    ``ratio`` is one target for every layer, or a reference :class:`StructurePlan` of
-    ``model`` (e.g. the paper's Struct-A plan): then each of its structured conv layers keeps
-    its own ratio and its own ``(c, n)`` is among the candidates.  Every Conv layer selected
-    by ``filter_fn`` (default: all convertible convs with more than one choice) is decomposed
-    with each candidate of :func:`candidate_structures` and timed on the input it sees in
-    ``model(example_input)``, interleaved.  ``slack`` bounds how much more a candidate may
-    compress than the ratio asks (1.15: at most 15 % fewer weights than the largest choice),
-    so the plan keeps the compression, and the accuracy, it was asked for.  Returns a
-    :class:`SpeedPlan` whose ``overrides`` go straight into ``structconv.structurize(model,
-    ratio, overrides=plan.overrides)`` (merged over the reference plan's own overrides).
-    Linear layers keep the default (or reference) plan.
-    """
-    from .convert import _structured_from_dense
-
-    if isinstance(ratio, StructurePlan):
-        if filter_fn is not None:
-            raise ValueError("speed_plan: pass filter_fn to plan() when giving a reference StructurePlan")
-        base = ratio
-    else:
-        base = plan(model, _check_ratio(ratio, "speed_plan"), filter_fn=filter_fn)
-    if not slack >= 1.0:
-        raise ValueError(f"speed_plan: slack={slack} must be >= 1")
-    names = [p.name for p in base.structured if p.layer_type.startswith("Conv")]
-    model = copy.deepcopy(model).eval()
-    if memory_format is not None:
-        model = model.to(memory_format=memory_format)
-        if isinstance(example_input, Tensor) and example_input.dim() == 4:
-            example_input = example_input.contiguous(memory_format=memory_format)
-    result = SpeedPlan()
-    with fixed_threads(threads) as n_threads:
-        result.threads = n_threads
-        inputs = _capture_inputs(model, example_input, names)
-        with torch.inference_mode():
-            for entry in base.structured:
-                name = entry.name
-                if name not in inputs:
-                    continue
-                module = model.get_submodule(name)
-                _, channels, kernel = _describe(module)
-                cands = candidate_structures(channels, kernel, entry.ratio, slack=slack)
-                own = entry.spec
-                if isinstance(own.n, int):
-                    own = StructureSpec(own.c, (own.n,) * len(kernel))
-                if own not in cands:  # the reference's own choice always competes
-                    cands.append(own)
-                if len(cands) <= 1:
-                    continue
-                x = inputs[name]
-                fns = {}
-                for spec in cands:
-                    dec = _structured_from_dense(module, spec).decompose().eval()
-                    if x.dim() == 4 and memory_format is not None:
-                        dec = dec.to(memory_format=memory_format)
-                    fns[f"{spec.c}x{'x'.join(map(str, spec.n))}"] = lambda d=dec: d(x)
-                times = interleaved_times(fns, warmup=warmup, repeats=repeats, device=x.device)
-                medians = {k: median_ms(v) for k, v in times.items()}
-                best_key = min(medians, key=medians.get)
-                spec = cands[list(fns).index(best_key)]
-                result.overrides[name] = spec
-                result.candidates[name] = medians
-                shape = "x".join(str(v) for v in (channels, *kernel))
-                r = channels * math.prod(kernel) / (spec.c * math.prod(spec.n))
-                result.rows.append((name, shape, best_key, medians[best_key], r))
-    return result
-

@@ -145,9 +145,13 @@ def count_ops(model: nn.Module, input_size, *, pooled_map: str = "paper") -> Ops
     """
     if pooled_map not in ("paper", "executed"):
         raise ValueError(f"count_ops: pooled_map={pooled_map!r} must be 'paper' or 'executed'")
-    input_size = tuple(int(v) for v in input_size)
-    if any(v < 1 for v in input_size):
-        raise ValueError(f"count_ops: input_size={input_size} must be positive")
+    try:
+        sizes = tuple(input_size)
+    except TypeError:
+        raise ValueError(f"count_ops: input_size={input_size!r} must be a sequence of ints, e.g. (1, 3, 224, 224)") from None
+    if not sizes or any(isinstance(v, bool) or not hasattr(v, "__index__") or v < 1 for v in sizes):
+        raise ValueError(f"count_ops: input_size={input_size!r} must be positive ints, batch first, e.g. (1, 3, 224, 224)")
+    input_size = tuple(int(v) for v in sizes)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -183,6 +187,10 @@ def count_ops(model: nn.Module, input_size, *, pooled_map: str = "paper") -> Ops
     model.eval()
     try:
         model(torch.zeros(input_size, device=device, dtype=dtype))
+    except (RuntimeError, ValueError, IndexError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"count_ops: {type(model).__name__} cannot run on an input of shape {input_size} ({first}); "
+                         "input_size includes the batch dimension, e.g. (1, 3, 224, 224)") from None
     finally:
         model.train(was_training)
         for h in handles:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
-__all__ = ["DATASETS", "DataInfo", "build_datasets", "SeededAugmentation", "ResumableSampler", "DEBIAN_FASHION_MNIST"]
+__all__ = ["DATASETS", "NATIVE", "input_size", "DataInfo", "build_datasets", "SeededAugmentation", "ResumableSampler", "DEBIAN_FASHION_MNIST"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagenet", "folder")
@@ -129,6 +129,19 @@ def _transforms(name: str, train: bool, image_size: int, native: int, in_chans: 
     return T.Compose([*resize, *convert, *norm])
 
 
+#: dataset -> (channels, image size) of its images as stored
+NATIVE = {"cifar10": (3, 32), "cifar100": (3, 32), "fashion-mnist": (1, 28), "imagenet": (3, 224), "folder": (3, 224)}
+
+
+def input_size(name: str, *, image_size: int | None = None, in_chans: int | None = None) -> tuple[int, int, int]:
+    """``(C, H, W)`` a model trained on dataset ``name`` sees (its native size unless converted)."""
+    if name not in NATIVE:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    chans, size = NATIVE[name]
+    size = image_size or size
+    return (in_chans or chans, size, size)
+
+
 def build_datasets(name: str, root: str | os.PathLike, *, download: bool = False, image_size: int | None = None,
                    in_chans: int | None = None, train_subset: int | None = None, eval_subset: int | None = None,
                    seed: int = 0):  # fmt: skip
@@ -143,29 +156,35 @@ def build_datasets(name: str, root: str | os.PathLike, *, download: bool = False
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    for flag, value in (("--image-size", image_size), ("--in-chans", in_chans), ("--train-subset", train_subset),
+                        ("--eval-subset", eval_subset)):  # fmt: skip
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{flag} {value!r} must be a positive integer")
+    if in_chans is not None and in_chans not in (1, 3):
+        raise ValueError(f"--in-chans {in_chans}: images convert to 1 (grayscale) or 3 (RGB) channels")
     root = Path(root).expanduser()
     if name in ("cifar10", "cifar100"):
         cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        native, native_chans, classes = 32, 3, 10 if name == "cifar10" else 100
+        classes = 10 if name == "cifar10" else 100
         folder = cls.base_folder
         if not download and not (root / folder).is_dir():
             raise _missing(name, root, f"expected {folder}/ (torchvision's CIFAR python batches); pass --download to fetch it")
         make = lambda train, tf: cls(str(root), train=train, transform=tf, download=download)  # noqa: E731
     elif name == "fashion-mnist":
-        native, native_chans, classes = 28, 1, 10
+        classes = 10
         if not _fashion_mnist_raw(root, download) and not download:
             raise _missing(name, root, "expected FashionMNIST/raw/ (install Debian's dataset-fashion-mnist, "
                            f"which provides {DEBIAN_FASHION_MNIST}, or pass --download)")  # fmt: skip
         make = lambda train, tf: datasets.FashionMNIST(str(root), train=train, transform=tf, download=download)  # noqa: E731
     else:
-        native, native_chans = 224, 3
         for split in ("train", "val"):
             if not (root / split).is_dir():
                 raise _missing(name, root, f"expected ImageFolder directories {root / 'train'} and {root / 'val'}")
         make = lambda train, tf: datasets.ImageFolder(str(root / ("train" if train else "val")), transform=tf)  # noqa: E731
         classes = None
-    image_size = int(image_size or native)
-    in_chans = int(in_chans or native_chans)
+    native_chans, native = NATIVE[name]
+    image_size = native if image_size is None else image_size
+    in_chans = native_chans if in_chans is None else in_chans
     try:
         train = make(True, _transforms(name, True, image_size, native, in_chans, native_chans))
         test = make(False, _transforms(name, False, image_size, native, in_chans, native_chans))
@@ -175,8 +194,8 @@ def build_datasets(name: str, root: str | os.PathLike, *, download: bool = False
         classes = len(train.classes)
         if sorted(test.classes) != sorted(train.classes):
             raise ValueError(f"{root}: train/ has {len(train.classes)} classes but val/ has {len(test.classes)}")
-    if train_subset:
-        train = Subset(train, range(min(int(train_subset), len(train))))
-    if eval_subset:
-        test = Subset(test, range(min(int(eval_subset), len(test))))
+    if train_subset is not None:
+        train = Subset(train, range(min(train_subset, len(train))))
+    if eval_subset is not None:
+        test = Subset(test, range(min(eval_subset, len(test))))
     return SeededAugmentation(train, seed), test, DataInfo(name, classes, in_chans, image_size)

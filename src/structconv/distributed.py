@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistContext", "init_distributed", "wrap", "barrier", "cleanup"]
+__all__ = ["DistContext", "parse_device", "init_distributed", "wrap", "barrier", "cleanup"]
 
 
 @dataclass
@@ -28,6 +28,21 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def parse_device(device: str) -> torch.device:
+    """``torch.device(device)`` if this machine has it, else a one-line ``ValueError``."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA device is available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: structconv trains on cpu or cuda")
+    return dev
 
 
 def init_distributed(device: str = "cpu") -> DistContext:

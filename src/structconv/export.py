@@ -1,4 +1,4 @@
-"""``structconv export``: a decomposed model to TorchScript and ONNX, verified in ONNX Runtime.
+"""A decomposed model to TorchScript and ONNX, verified in ONNX Runtime (``structconv export``).
 
 The deployment form exports with ordinary operators only: pad, slices and adds (or one
 ``MatMul`` with a constant 0/1 matrix for a wide channel pool), and a small ``Conv``.
@@ -15,8 +15,6 @@ The deployment form exports with ordinary operators only: pad, slices and adds (
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import warnings
@@ -26,34 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["get_args_parser", "main", "export_torchscript", "export_onnx", "verify_onnx", "prepare_for_export"]
+from .convert import decompose
+from .deploy import fold_batchnorm
+from .layers import StructuredLayer
+from .reporting import relative_error
 
+__all__ = ["export_torchscript", "export_onnx", "verify_onnx", "onnx_opset", "prepare_for_export", "checkpoint_input_size",
+           "export_model", "FORMATS"]  # fmt: skip
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="export a decomposed model to TorchScript and ONNX", add_help=add_help)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a structconv checkpoint (structured or decomposed; see structconv.save)")
-    src.add_argument("--arch", help="build this architecture with random weights (for trying the pipeline)")
-    p.add_argument("--struct", choices=("A", "B"), help="with --arch: the paper's Struct-A/B plan")
-    p.add_argument("--ratio", type=float, help="with --arch: uniform ratio instead of --struct")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None, help="input height=width (default: the model's)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the example input (the exported batch is dynamic)")
-    p.add_argument("--output", "-o", default="exported", help="output directory (default ./exported)")
-    p.add_argument("--name", default=None, help="file stem (default: the architecture or checkpoint name)")
-    p.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
-    p.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter first")
-    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="fold BatchNorm into the preceding convs before exporting (default on)")
-    p.add_argument("--autotune", action="store_true",
-                   help="run layers measured slower decomposed as recomposed dense kernels (exact either way)")
-    p.add_argument("--threads", type=int, default=None, help="threads for --autotune measurements")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="check ONNX Runtime and TorchScript against PyTorch (default on)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="relative error allowed by --verify")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    return p
+FORMATS = ("onnx", "torchscript")
 
 
 # ------------------------------------------------------------------------------------------
@@ -61,10 +40,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------
 def prepare_for_export(model: nn.Module, *, fold_bn: bool = True) -> nn.Module:
     """Eval-mode copy in deployment form: structured layers decomposed, BatchNorm folded."""
-    from .convert import decompose
-    from .deploy import fold_batchnorm
-    from .layers import StructuredLayer
-
     model = model.eval()
     if any(isinstance(m, StructuredLayer) for m in model.modules()):
         model = decompose(model)
@@ -136,7 +111,7 @@ def verify_onnx(path, model: nn.Module, x: torch.Tensor, *, rtol: float = 1e-4, 
     y_ort = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().numpy()})[0])
     with torch.no_grad():
         y = model.eval()(x).float().cpu()
-    err = float((y_ort.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30))
+    err = relative_error(y_ort, y)
     if not err <= rtol:
         raise ValueError(f"ONNX Runtime output differs from PyTorch: relative error {err:.2e} > rtol={rtol:g} ({path})")
     return err
@@ -149,80 +124,90 @@ def onnx_opset(path) -> int:
     return max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
 
 
+
+
 # ------------------------------------------------------------------------------------------
-# command line
+# whole export
 # ------------------------------------------------------------------------------------------
-def _load_model(args) -> tuple[nn.Module, str, tuple[int, int, int]]:
-    from .bench import input_size_for
+def checkpoint_input_size(ckpt: dict, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` the model in ``ckpt`` was trained on: recorded by ``structconv train``
+    (``model_args['input_size']``), else derived from its training dataset and options, else
+    ``default`` with the recorded input channels."""
+    from .data import NATIVE, input_size
 
-    if args.checkpoint:
-        from .serialization import load, read_checkpoint
-
-        if not Path(args.checkpoint).exists():
-            raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
-        model = load(args.checkpoint)
-        info = read_checkpoint(args.checkpoint).get("model") or {}
-        arch = info.get("name") or info.get("arch") or Path(args.checkpoint).stem
-        size = input_size_for(arch, args.image_size) if info else (3, args.image_size or 224, args.image_size or 224)
-        return model, Path(args.checkpoint).stem if args.name is None else args.name, size
-    from .bench import build_models
-
-    if args.struct is None and args.ratio is None:
-        raise ValueError("with --arch, give --struct A|B or --ratio R")
-    _, structured = build_models(args.arch, struct=args.struct, ratio=args.ratio, num_classes=args.num_classes)
-    stem = args.name or f"{args.arch}_struct{args.struct}" if args.struct else f"{args.arch}_r{args.ratio:g}"
-    return structured, args.name or stem, input_size_for(args.arch, args.image_size)
+    model_args = ckpt.get("model") or {}
+    if model_args.get("input_size"):
+        return tuple(int(v) for v in model_args["input_size"])
+    trained = ckpt.get("args") or {}
+    if trained.get("dataset") in NATIVE:
+        return input_size(trained["dataset"], image_size=trained.get("image_size"),
+                          in_chans=trained.get("in_chans") or model_args.get("in_chans"))  # fmt: skip
+    chans = model_args.get("in_chans") or default[0]
+    return (int(chans), default[1], default[2])
 
 
-def main(args) -> int:
-    formats = {f.strip() for f in args.format.split(",") if f.strip()}
-    bad = formats - {"onnx", "torchscript"}
+def export_model(model: nn.Module, input_size, output_dir, *, name: str, formats=FORMATS, batch: int = 1,
+                 opset: int = 17, dynamo: bool = False, fold_bn: bool = True, autotune: bool = False,
+                 threads: int | None = None, verify: bool = True, rtol: float = 1e-4,
+                 overwrite: bool = False) -> dict:  # fmt: skip
+    """Export ``model`` (structured or decomposed) for inputs ``(batch, *input_size)`` into
+    ``output_dir/name.{onnx,pt}``; with ``verify`` ONNX Runtime and the TorchScript module must
+    match PyTorch within ``rtol``.  Existing files are replaced only with ``overwrite``.
+    Returns a summary (paths, exporter, opset, errors)."""
+    formats = tuple(formats)
+    bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"--format={args.format!r}: choose from onnx, torchscript")
-    model, stem, (chans, h, w) = _load_model(args)
-    model = prepare_for_export(model, fold_bn=args.fold_bn)
-    x = torch.randn(args.batch, chans, h, w)
+        raise ValueError(f"--format {','.join(formats)!r}: choose from {', '.join(FORMATS)}")
+    if not (isinstance(batch, int) and batch >= 1):
+        raise ValueError(f"--batch {batch!r} must be a positive integer")
+    size = tuple(input_size)
+    if len(size) != 3 or any(not isinstance(v, int) or v < 1 for v in size):
+        raise ValueError(f"input size {size!r} must be three positive ints (C, H, W); check --image-size")
+    if opset < 17:
+        raise ValueError(f"--opset {opset}: structconv exports at opset 17 or newer")
+    if not rtol > 0:
+        raise ValueError(f"--rtol {rtol!r} must be positive")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {str(out)!r} is a file, not a directory")
+    paths = {"onnx": out / f"{name}.onnx", "torchscript": out / f"{name}.pt"}
+    taken = [str(paths[f]) for f in formats if paths[f].exists()]
+    if taken and not overwrite:
+        raise ValueError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace, or choose --output/--name")
+    model = prepare_for_export(model, fold_bn=fold_bn)
+    chans, h, w = size
+    x = torch.randn(batch, chans, h, w)
     report = None
-    if args.autotune:
+    if autotune:
         from .autotune import optimize
 
-        model, report = optimize(model, x, threads=args.threads)
-    out = Path(args.output)
+        model, report = optimize(model, x, threads=threads)
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"the model cannot run on inputs of shape {(batch, *size)} ({first}); check --image-size") from None
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"model": stem, "input": [args.batch, chans, h, w], "files": {}}
+    summary = {"model": name, "input": [batch, chans, h, w], "files": {}}
+    check = torch.randn(max(batch, 2), chans, h, w)
     if "torchscript" in formats:
-        path = out / f"{stem}.pt"
-        traced = export_torchscript(model, x, path)
-        entry = {"path": str(path)}
-        if args.verify:
-            x2 = torch.randn(max(args.batch, 2), chans, h, w)
+        traced = export_torchscript(model, x, paths["torchscript"])
+        entry = {"path": str(paths["torchscript"])}
+        if verify:
             with torch.no_grad():
-                y, yt = model(x2), traced(x2)
-            err = float((yt - y).norm() / y.norm().clamp_min(1e-30))
-            if not err <= args.rtol:
-                raise ValueError(f"TorchScript output differs from PyTorch: relative error {err:.2e} > {args.rtol:g}")
+                err = relative_error(traced(check), model(check))
+            if not err <= rtol:
+                raise ValueError(f"TorchScript output differs from PyTorch: relative error {err:.2e} > {rtol:g}")
             entry["rel_err"] = err
         summary["files"]["torchscript"] = entry
     if "onnx" in formats:
-        path = out / f"{stem}.onnx"
-        exporter = export_onnx(model, x, path, opset=args.opset, dynamo=args.dynamo)
-        entry = {"path": str(path), "exporter": exporter, "opset": onnx_opset(path)}
-        if args.verify:
-            entry["rel_err"] = verify_onnx(path, model, torch.randn(max(args.batch, 2), chans, h, w), rtol=args.rtol)
+        exporter = export_onnx(model, x, paths["onnx"], opset=opset, dynamo=dynamo)
+        entry = {"path": str(paths["onnx"]), "exporter": exporter, "opset": onnx_opset(paths["onnx"])}
+        if verify:
+            entry["rel_err"] = verify_onnx(paths["onnx"], model, check, rtol=rtol)
         summary["files"]["onnx"] = entry
     if report is not None:
         summary["autotune_dense_layers"] = report.dense_layers
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    else:
-        if report is not None:
-            print(report)
-        for fmt, entry in summary["files"].items():
-            extra = f", opset {entry['opset']} ({entry['exporter']} exporter)" if fmt == "onnx" else ""
-            check = f", verified: rel. error {entry['rel_err']:.1e}" if "rel_err" in entry else ""
-            print(f"{fmt}: {entry['path']}{extra}{check}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main(get_args_parser().parse_args()))
+        summary["_report"] = report
+    return summary

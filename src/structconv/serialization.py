@@ -12,9 +12,7 @@ weights -- no manual re-conversion.  ``model`` (optional) names the architecture
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,53 +20,15 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._io import atomic_save, atomic_write_json
 from .basis import CompositeBasis, StructuredBasis
 from .convert import StructureSpec, _set_submodule, structurize
+from .layers import DecomposedLayer, StructuredLayer, orthonormalize_, small_layer
+from .layers.composite import COMPOSITE_CONV
 
-from .layers import (
-    CompositeConv1d,
-    CompositeConv2d,
-    CompositeConv3d,
-    DecomposedLayer,
-    StructuredLayer,
-    _small_layer,
-    orthonormalize_,
-)
-
-__all__ = ["atomic_save", "atomic_write_json", "layer_specs", "restore", "save", "load"]
+__all__ = ["atomic_save", "atomic_write_json", "layer_specs", "restore", "save", "load", "read_checkpoint"]
 
 FORMAT = "structconv/1"
-_COMPOSITE = {1: CompositeConv1d, 2: CompositeConv2d, 3: CompositeConv3d}
-
-
-def _atomic_write(path: str | os.PathLike, write, mode: str) -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, rename over it.
-
-    A crash leaves either the old file or the new one, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`_atomic_write`)."""
-    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
-
-
-def atomic_write_json(obj: Any, path: str | os.PathLike, **dump_kwargs: Any) -> None:
-    """``json.dump`` ``obj`` to ``path`` atomically (see :func:`_atomic_write`)."""
-    _atomic_write(path, lambda f: json.dump(obj, f, **dump_kwargs), "w")
 
 
 def _spec_of(module: nn.Module) -> dict | None:
@@ -80,7 +40,7 @@ def _spec_of(module: nn.Module) -> dict | None:
         return {"form": form, "kind": "composite", "masks": basis.masks.clone()}
     assert isinstance(basis, StructuredBasis)
     spec = {"form": form, "kind": "structured", "c": basis.c, "n": list(basis.n)}
-    if form == "decomposed" and parametrize.is_parametrized(_small_layer(module), "weight"):
+    if form == "decomposed" and parametrize.is_parametrized(small_layer(module), "weight"):
         spec["orthonormal"] = True  # trained through OrthonormalCoefficients (direct training)
     return spec
 
@@ -110,7 +70,7 @@ def restore(model: nn.Module, specs: dict[str, dict]) -> nn.Module:
     for name, spec in specs.items():
         if spec["kind"] == "composite":
             masks = spec["masks"]
-            cls = _COMPOSITE[masks.dim() - 2]
+            cls = COMPOSITE_CONV[masks.dim() - 2]
             model = _replace(model, name, cls.from_dense(model.get_submodule(name), basis=CompositeBasis(masks)))
     for name, spec in specs.items():
         if spec["form"] == "decomposed":
@@ -139,7 +99,8 @@ def read_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError / UnpicklingError / EOFError / zipfile errors
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint: {err}") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} is not a structconv checkpoint (format {FORMAT!r} expected)")
     return ckpt
@@ -158,10 +119,14 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, map_locatio
             raise ValueError(f"checkpoint {str(path)!r} records no architecture; pass the dense model to load()")
         from .models import create_model
 
-        model = create_model(args.pop("arch"), **args)
+        model = create_model(args["arch"], **{k: args[k] for k in ("num_classes", "in_chans") if k in args})
+    elif any(isinstance(m, (StructuredLayer, DecomposedLayer)) for m in model.modules()):
+        raise ValueError(f"load({str(path)!r}, model): pass the dense model it was built from; this one already "
+                         "has structured or decomposed layers")  # fmt: skip
     try:
         model = restore(model, ckpt["layers"])
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, ValueError, AttributeError) as err:
-        raise ValueError(f"checkpoint {str(path)!r} does not match the model: {err}") from None
+    except (RuntimeError, ValueError, AttributeError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"checkpoint {str(path)!r} does not match the model: {first}") from None
     return model

@@ -1,4 +1,4 @@
-"""Struct-A / Struct-B plans of Sec. 6 as per-layer ``structurize`` overrides.
+"""Struct-A / Struct-B plans of Sec. 6: per-layer strategies and the rule of each family.
 
 The paper's supplementary material with the exact per-layer ``(c, n)`` is not available.  These
 rules were derived by ``benchmarks/derive_plans.py`` and are documented, with every gap to the
@@ -8,7 +8,8 @@ channels per group and an ``N x N`` kernel; ``(c, n)`` is its structure (ratio `
 at 2x and 3-4 at 4x"; the numbers need something slightly different (docs/plans.md).
 
 :func:`struct_overrides` walks the model and returns one override per convertible layer, so
-``structurize(model, *struct_overrides(name, struct, model))`` applies the plan exactly.
+``structurize(model, *struct_overrides(name, struct, model))`` applies the plan exactly.  Each
+family's rules are attached to its name by ``register_model(..., plans=...)`` in :mod:`.zoo`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Callable
 from torch import nn
 
 from ..convert import StructureSpec
+from .registry import get_entry, registered_models
 
-__all__ = ["PLANS", "has_plan", "struct_overrides", "plan_for"]
+__all__ = ["has_plan", "struct_overrides", "plan_for", "cifar_plans", "resnet_basic_plans", "resnet50_plans",
+           "mobilenet_v2_plans", "efficientnet_plans", "hrnet_plans", "chan", "spatial", "c2n", "cn_exact"]  # fmt: skip
 
 Spec = StructureSpec | None
 Rule = Callable[[str, nn.Module], Spec]
@@ -173,33 +176,45 @@ def _hrnet(struct: str) -> Rule:
     return rule
 
 
-#: (architecture, "A" | "B") -> per-layer rule; Struct-EffNet and Struct-HR-A are stored as "A"
-PLANS: dict[tuple[str, str], Rule] = {
-    **{(f"cifar_resnet{d}", s): _cifar(s) for d in (20, 32, 44, 56, 110) for s in "AB"},
-    **{(f"resnet{d}", s): _resnet_basic(s) for d in (18, 34) for s in "AB"},
-    **{("resnet50", s): _resnet50(s) for s in "AB"},
-    **{("mobilenet_v2", s): _mobilenet_v2(s) for s in "AB"},
-    ("efficientnet_b1", "A"): _efficientnet("A"),
-    ("hrnet_w18_small_v2", "A"): _hrnet("A"),
-    ("hrnet_w18_small_v2_seg", "A"): _hrnet("A"),
-}
+def cifar_plans() -> dict[str, Rule]:
+    return {s: _cifar(s) for s in "AB"}
+
+
+def resnet_basic_plans() -> dict[str, Rule]:
+    return {s: _resnet_basic(s) for s in "AB"}
+
+
+def resnet50_plans() -> dict[str, Rule]:
+    return {s: _resnet50(s) for s in "AB"}
+
+
+def mobilenet_v2_plans() -> dict[str, Rule]:
+    return {s: _mobilenet_v2(s) for s in "AB"}
+
+
+def efficientnet_plans() -> dict[str, Rule]:  # the paper's Struct-EffNet, stored as "A"
+    return {"A": _efficientnet("A")}
+
+
+def hrnet_plans() -> dict[str, Rule]:  # the paper's Struct-HR-A
+    return {"A": _hrnet("A")}
 
 
 def has_plan(name: str, struct: str) -> bool:
-    return (name, str(struct).upper()) in PLANS
+    entry = get_entry(name)
+    return entry is not None and str(struct).upper() in entry.plans
 
 
 def _rule(name: str, struct: str) -> Rule:
     s = str(struct).upper()
-    if s not in ("A", "B"):
-        raise ValueError(f"struct={struct!r} must be 'A' or 'B'")
-    if (name, s) not in PLANS:
-        known = sorted({f"{a}/{v}" for a, v in PLANS})
+    entry = get_entry(name)
+    if entry is None or s not in entry.plans:
+        known = sorted(f"{n}/{v}" for n in registered_models() for v in get_entry(n).plans)
         raise ValueError(
             f"no Struct-{s} plan for {name!r} (plans exist for: {', '.join(known)}); "
             "use a uniform ratio instead (--ratio R / create_model(..., ratio=R))"
         )
-    return PLANS[(name, s)]
+    return entry.plans[s]
 
 
 def struct_overrides(name: str, struct: str, model: nn.Module) -> tuple[float, dict[str, Spec]]:

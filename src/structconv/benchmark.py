@@ -1,4 +1,4 @@
-"""``structconv bench``: real latency of a dense model against its decomposed structured form.
+"""Real latency of a dense model against its decomposed structured form (``structconv bench``).
 
 For each batch size, in one process and under ``torch.inference_mode()``:
 
@@ -21,80 +21,44 @@ Unless ``--malloc system``, glibc is first told to keep freed memory
 call may page-fault its activations back (22 % of a CIFAR ResNet56 call in a fresh process).
 
 Timing is measured, never asserted: the machines are shared, so compare ratios from one run.
+:func:`run_benchmark` takes keyword arguments; ``structconv bench`` is a thin wrapper.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import math
 import platform
-import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ._timing import fixed_threads, interleaved_times, median_ms, page_faults_per_call, paired_ratio
+from .allocator import retain_freed_memory
+from .autotune import optimize
+from .complexity import count_ops
+from .convert import decompose, plan, structurize
+from .deploy import fold_batchnorm
+from .distributed import parse_device
+from .export import export_onnx
+from .layers import StructuredLayer
+from .models import create_model, default_input_size
+from .models.plans import struct_overrides
+from .reporting import relative_error
+from .speed_plan import speed_plan
 
-__all__ = ["get_args_parser", "main", "build_models", "reference_plan", "run_benchmark"]
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="time dense vs decomposed models (interleaved medians)", add_help=add_help)
-    p.add_argument("--arch", required=True, help="model name (cifar_resnet56, resnet18, any torchvision/timm name)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--struct", choices=("A", "B"), help="the paper's Struct-A / Struct-B plan")
-    g.add_argument("--ratio", type=float, help="uniform compression ratio instead of --struct")
-    p.add_argument("--plan", choices=("default", "speed"), default="default",
-                   help="'speed': per layer, the fastest measured (c, n) with the compression of --struct's "
-                        "plan (or of --ratio): a speed-aware plan")
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--image-size", type=int, default=None, help="input height=width (default: the model's)")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch.get_num_threads())")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA timed with CUDA events)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=15, help="interleaved rounds (at least)")
-    p.add_argument("--min-time", type=float, default=2.0, help="keep timing until this many seconds have passed")
-    p.add_argument("--layout", choices=("auto", "contiguous", "channels_last"), default="auto",
-                   help="memory layout; 'auto' measures both and keeps each model's faster one")
-    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="fold BatchNorm into the preceding convs of both models (default on)")
-    p.add_argument("--autotune", action=argparse.BooleanOptionalAction, default=True,
-                   help="run each decomposed layer as its recomposed dense kernel where that is measured faster")
-    p.add_argument("--cache", default=None, help="autotune cache file (default ~/.cache/structconv/autotune.json)")
-    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time both models in ONNX Runtime (default: when onnxruntime is installed)")
-    p.add_argument("--compile", action="store_true",
-                   help="also time both models compiled with torch.compile (Inductor, frozen parameters)")
-    p.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True, help="print the per-layer table")
-    p.add_argument("--malloc", choices=("retain", "system"), default="retain",
-                   help="'retain' (default): glibc keeps freed activations for the next call instead of "
-                        "unmapping them (structconv.allocator.retain_freed_memory), for both models; "
-                        "'system': glibc's defaults, under which a call may page-fault its activations back")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    return p
+__all__ = ["build_models", "reference_plan", "input_size_for", "run_benchmark", "format_row"]
 
 
 # ------------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------------
-def _models_api():
-    try:
-        from . import models
-    except ImportError:  # pragma: no cover - the registry ships with the package
-        return None
-    return models if hasattr(models, "create_model") else None
-
-
 def input_size_for(arch: str, image_size: int | None) -> tuple[int, int, int]:
-    api = _models_api()
-    chans, h, w = api.default_input_size(arch) if api and hasattr(api, "default_input_size") else (3, 224, 224)
+    """``(C, H, W)`` of ``arch``'s registered input size, with ``image_size`` as H = W if given."""
+    chans, h, w = default_input_size(arch)
     if image_size is not None:
         h = w = image_size
     return (chans, h, w)
@@ -108,29 +72,16 @@ def build_models(arch: str, *, struct: str | None = None, ratio: float | None = 
     weights (projected onto the structure), so both compute comparable functions; random
     weights are fine for timing.  ``overrides`` (e.g. from a speed plan) apply with ``ratio``.
     """
-    from .convert import structurize
-    from .layers import StructuredLayer
-
     if struct is None and ratio is None:
         raise ValueError("give --struct A|B or --ratio R")
-    api = _models_api()
     torch.manual_seed(seed)
-    if api is not None:
-        dense = api.create_model(arch, num_classes=num_classes)
-        if struct is not None and overrides is None:
-            structured = api.create_model(arch, num_classes=num_classes, struct=struct)
-        elif struct is not None:  # a speed plan over the Struct-A/B plan
-            from .models.plans import struct_overrides
-
-            base, struct_over = struct_overrides(arch, struct, dense)
-            structured = structurize(dense, base, overrides={**struct_over, **overrides})
-        else:
-            structured = structurize(dense, ratio or 2.0, overrides=overrides)
-    else:  # pragma: no cover - fallback without the registry
-        import torchvision
-
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        dense = torchvision.models.get_model(arch, **kwargs)
+    dense = create_model(arch, num_classes=num_classes)
+    if struct is not None and overrides is None:
+        structured = create_model(arch, num_classes=num_classes, struct=struct)
+    elif struct is not None:  # a speed plan over the Struct-A/B plan
+        base, struct_over = struct_overrides(arch, struct, dense)
+        structured = structurize(dense, base, overrides={**struct_over, **overrides})
+    else:
         structured = structurize(dense, ratio or 2.0, overrides=overrides)
     _randomize_bn(dense, seed)
     structured.load_state_dict(dense.state_dict())
@@ -143,9 +94,6 @@ def build_models(arch: str, *, struct: str | None = None, ratio: float | None = 
 def reference_plan(arch: str, struct: str, dense: nn.Module):
     """The Struct-``struct`` :class:`~structconv.convert.StructurePlan` of ``dense`` (architecture
     ``arch``): the per-layer ratios a speed plan for that struct keeps."""
-    from .convert import plan
-    from .models.plans import struct_overrides
-
     base, overrides = struct_overrides(arch, struct, dense)
     return plan(dense, base, overrides=overrides)
 
@@ -166,10 +114,6 @@ def _with_layout(model: nn.Module, x: torch.Tensor, layout: str) -> tuple[nn.Mod
     return model, x.contiguous()
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
-
-
 # ------------------------------------------------------------------------------------------
 # ONNX Runtime
 # ------------------------------------------------------------------------------------------
@@ -183,8 +127,6 @@ def _ort_available() -> bool:
 
 def _ort_times(dense: nn.Module, deployed: nn.Module, x: torch.Tensor, threads: int, args) -> dict:
     import onnxruntime as ort
-
-    from .export import export_onnx
 
     feeds = {}
     sessions = {}
@@ -204,26 +146,74 @@ def _ort_times(dense: nn.Module, deployed: nn.Module, x: torch.Tensor, threads: 
     times = interleaved_times(fns, warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time)
     d, m = median_ms(times["dense"]), median_ms(times["decomposed"])
     return {"dense_ms": d, "decomposed_ms": m, "speedup": d / m, "rounds": len(times["dense"]),
-            "rel_err_vs_torch": _rel_err(outs["decomposed"], deployed(x).float().cpu())}  # fmt: skip
+            "rel_err_vs_torch": relative_error(outs["decomposed"], deployed(x).float().cpu())}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
 # the benchmark
 # ------------------------------------------------------------------------------------------
-def run_benchmark(args) -> dict:
-    """Run the benchmark described by parsed ``args``; returns the JSON-ready result."""
-    from .allocator import retain_freed_memory
-    from .autotune import optimize, speed_plan
-    from .complexity import count_ops
-    from .convert import decompose
-    from .deploy import fold_batchnorm
+@dataclass(frozen=True)
+class _Settings:
+    arch: str
+    struct: str | None
+    ratio: float | None
+    plan: str
+    batches: tuple[int, ...]
+    image_size: int | None
+    num_classes: int | None
+    threads: int | None
+    device: str
+    warmup: int
+    repeats: int
+    min_time: float
+    layout: str
+    fold_bn: bool
+    autotune: bool
+    cache: str | None
+    onnx: bool | None
+    compile: bool
+    malloc: str
+    seed: int
 
-    batches = [int(b) for b in str(args.batch).split(",") if b.strip()]
-    if not batches or any(b < 1 for b in batches):
-        raise ValueError(f"--batch={args.batch!r} must list positive batch sizes, e.g. 1,8,32")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here")
+
+def run_benchmark(arch: str, *, struct: str | None = None, ratio: float | None = None, plan: str = "default",
+                  batches=(1, 8), image_size: int | None = None, num_classes: int | None = None,
+                  threads: int | None = None, device: str = "cpu", warmup: int = 3, repeats: int = 15,
+                  min_time: float = 2.0, layout: str = "auto", fold_bn: bool = True, autotune: bool = True,
+                  cache: str | None = None, onnx: bool | None = None, compile: bool = False, malloc: str = "retain",
+                  seed: int = 0, command: str | None = None, on_row=None) -> dict:  # fmt: skip
+    """Time ``arch`` dense against its decomposed Struct-``struct`` (or uniform ``ratio``) form.
+
+    ``plan='speed'`` picks each layer's ``(c, n)`` by measured speed at the same compression
+    (:func:`structconv.speed_plan.speed_plan`).  For every batch size in ``batches``, both models
+    run in each ``layout`` (``'auto'``: contiguous and channels_last, each model keeping its
+    faster one), interleaved, after ``warmup`` rounds, for at least ``repeats`` rounds and
+    ``min_time`` seconds, with ``threads`` fixed.  ``autotune`` runs :func:`~structconv.autotune.optimize`
+    (decisions cached in ``cache``, default ``~/.cache/structconv/autotune.json``); ``compile``
+    and ``onnx`` add ``torch.compile`` and ONNX Runtime timings; ``malloc='retain'`` first calls
+    :func:`structconv.allocator.retain_freed_memory`.  ``on_row(result, row, tune_report)`` is
+    called after each batch size (for printing).  Returns the JSON-ready result.
+    """
+    if plan not in ("default", "speed"):
+        raise ValueError(f"--plan {plan!r}: choose default or speed")
+    if layout not in ("auto", "contiguous", "channels_last"):
+        raise ValueError(f"--layout {layout!r}: choose auto, contiguous or channels_last")
+    if malloc not in ("retain", "system"):
+        raise ValueError(f"--malloc {malloc!r}: choose retain or system")
+    batches = tuple(batches)
+    if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
+        raise ValueError(f"--batch {','.join(map(str, batches))!r} must list positive batch sizes, e.g. 1,8,32")
+    for flag, value, low in (("--warmup", warmup, 0), ("--repeats", repeats, 1), ("--threads", threads, 1),
+                             ("--image-size", image_size, 1), ("--num-classes", num_classes, 1)):  # fmt: skip
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{flag} {value!r} must be an integer >= {low}")
+    if not (isinstance(min_time, (int, float)) and min_time >= 0 and min_time < float("inf")):
+        raise ValueError(f"--min-time {min_time!r} must be a finite number of seconds >= 0")
+    if struct is None and ratio is None:
+        raise ValueError("give --struct A|B or --ratio R")
+    args = _Settings(arch, struct, ratio, plan, batches, image_size, num_classes, threads, device, warmup, repeats,
+                     float(min_time), layout, fold_bn, autotune, cache, onnx, compile, malloc, seed)  # fmt: skip
+    device = parse_device(args.device)
     chans, h, w = input_size_for(args.arch, args.image_size)
     threads = args.threads or torch.get_num_threads()
     want_onnx = _ort_available() if args.onnx is None else args.onnx
@@ -256,8 +246,7 @@ def run_benchmark(args) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch": torch.__version__, "malloc": malloc, "fold_bn": args.fold_bn, "autotune": args.autotune,
         "paper_mults_ratio": ops_dense.mults / ops_dec.mults, "paper_adds_ratio": ops_dense.adds / ops_dec.adds,
-        "params_ratio": ops_dense.params / ops_dec.params, "command": "structconv bench " + " ".join(sys.argv[2:])
-        if sys.argv[1:2] == ["bench"] else None, "results": [],
+        "params_ratio": ops_dense.params / ops_dec.params, "command": command, "results": [],
     }  # fmt: skip
     if plan_report:
         result["speed_plan"] = plan_report
@@ -269,8 +258,7 @@ def run_benchmark(args) -> dict:
             layouts = ["contiguous", "channels_last"] if args.layout == "auto" else [args.layout]
             # Every model in every layout goes into ONE interleaved timing loop (tuned first, so
             # the decomposed model is judged as deployed); each model then reports its faster
-            # layout.  A short separate probe picked layouts from noise and once ran the
-            # decomposed model in its slower layout (ResNet56 b1: 0.92x).
+            # layout (a short separate probe picks layouts from noise).
             fns, inputs, deployed_by_layout, tunes, untuned = {}, {}, {}, {}, {}
             for layout in layouts:
                 dense_m, dense_x = _with_layout(dense, x, layout)
@@ -306,7 +294,7 @@ def run_benchmark(args) -> dict:
                 "dense_layout": best["dense"], "decomposed_layout": best["decomposed"],
                 "decomposed_untuned_ms": med.get("untuned", med["decomposed"] if tune is None or not tune.dense_layers else None),
                 "dense_ms_min": min(times["dense"]), "decomposed_ms_min": min(times["decomposed"]),
-                "max_rel_err": _rel_err(deployed(dec_x), ref),
+                "max_rel_err": relative_error(deployed(dec_x), ref),
                 # pages the kernel zero-filled per call: allocator churn, not arithmetic
                 "dense_page_faults": page_faults_per_call(fns[("dense", best["dense"])]),
                 "decomposed_page_faults": page_faults_per_call(fns[("decomposed", best["decomposed"])]),
@@ -320,8 +308,8 @@ def run_benchmark(args) -> dict:
             if want_onnx and device.type == "cpu":
                 row["onnxruntime"] = _ort_times(dense, deployed, x, threads, args)
             result["results"].append(row)
-            if not args.json:
-                _print_row(result, row, tune, args)
+            if on_row is not None:
+                on_row(result, row, tune)
     return result
 
 
@@ -354,7 +342,7 @@ def _compiled_times(dense: nn.Module, decomposed: nn.Module, x, ref, layouts: li
         "dense_ms": median_ms(d), "decomposed_ms": median_ms(m), "speedup": median_ms(d) / median_ms(m),
         "speedup_paired": paired_ratio(d, m), "rounds": len(d),
         "dense_layout": best["dense"], "decomposed_layout": best["decomposed"],
-        "max_rel_err": _rel_err(outs[("decomposed", best["decomposed"])], ref), "compile_s": compile_s,
+        "max_rel_err": relative_error(outs[("decomposed", best["decomposed"])], ref), "compile_s": compile_s,
     }  # fmt: skip
 
 
@@ -368,55 +356,39 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _print_row(result: dict, row: dict, tune, args) -> None:
+def format_row(result: dict, row: dict, tune=None, *, layers: bool = True) -> str:
+    """The text ``structconv bench`` prints for one batch size (the header with the first row)."""
+    lines: list[str] = []
+    add = lines.append
     if row is result["results"][0]:
-        print(f"structconv bench: {result['arch']} struct={result['struct'] or '-'} ratio={result['ratio'] or '-'} "
+        add(f"structconv bench: {result['arch']} struct={result['struct'] or '-'} ratio={result['ratio'] or '-'} "
               f"plan={result['plan']} input={'x'.join(map(str, result['input_size']))}")  # fmt: skip
-        print(f"device: {result['device']} ({result['device_name']}), threads: {result['threads']} "
+        add(f"device: {result['device']} ({result['device_name']}), threads: {result['threads']} "
               f"(torch.set_num_threads), torch {result['torch']}, BN folded: {result['fold_bn']}, malloc: {result['malloc']}")  # fmt: skip
-        print(f"paper's accounting: mults ratio {result['paper_mults_ratio']:.2f}x, adds ratio "
+        add(f"paper's accounting: mults ratio {result['paper_mults_ratio']:.2f}x, adds ratio "
               f"{result['paper_adds_ratio']:.2f}x, params ratio {result['params_ratio']:.2f}x")  # fmt: skip
-    if tune is not None and args.layers:
-        print()
-        print(f"[batch {row['batch']}] per layer (interleaved medians, decomposed vs its recomposed dense kernel):")
-        print(tune)
-    print()
-    print(f"[batch {row['batch']}] whole model, {row['rounds']} interleaved rounds, medians:")
-    print(f"  dense      ({row['dense_layout']:>13}): {row['dense_ms']:9.3f} ms")
-    print(f"  decomposed ({row['decomposed_layout']:>13}): {row['decomposed_ms']:9.3f} ms"
+    if tune is not None and layers:
+        add("")
+        add(f"[batch {row['batch']}] per layer (interleaved medians, decomposed vs its recomposed dense kernel):")
+        add(str(tune))
+    add("")
+    add(f"[batch {row['batch']}] whole model, {row['rounds']} interleaved rounds, medians:")
+    add(f"  dense      ({row['dense_layout']:>13}): {row['dense_ms']:9.3f} ms")
+    add(f"  decomposed ({row['decomposed_layout']:>13}): {row['decomposed_ms']:9.3f} ms"
           + (f"   (without autotune: {row['decomposed_untuned_ms']:.3f} ms)" if row.get("decomposed_untuned_ms") else ""))  # fmt: skip
-    print(f"  speedup (dense / decomposed): {row['speedup']:.2f}x (median of per-round ratios: "
+    add(f"  speedup (dense / decomposed): {row['speedup']:.2f}x (median of per-round ratios: "
           f"{row['speedup_paired']:.2f}x)   max rel. error vs projected model: {row['max_rel_err']:.1e}")  # fmt: skip
     if row["dense_page_faults"] is not None:
-        print(f"  page faults per call: dense {row['dense_page_faults']:.0f}, decomposed {row['decomposed_page_faults']:.0f}")
+        add(f"  page faults per call: dense {row['dense_page_faults']:.0f}, decomposed {row['decomposed_page_faults']:.0f}")
     if row["layers_run_dense"]:
-        print(f"  layers run as recomposed dense kernels: {', '.join(row['layers_run_dense'])}")
+        add(f"  layers run as recomposed dense kernels: {', '.join(row['layers_run_dense'])}")
     if "compiled" in row:
         c = row["compiled"]
-        print(f"  torch.compile (Inductor, frozen), {c['rounds']} rounds: dense {c['dense_ms']:.3f} ms "
+        add(f"  torch.compile (Inductor, frozen), {c['rounds']} rounds: dense {c['dense_ms']:.3f} ms "
               f"({c['dense_layout']}), decomposed {c['decomposed_ms']:.3f} ms ({c['decomposed_layout']}), "
               f"speedup {c['speedup']:.2f}x (per-round {c['speedup_paired']:.2f}x), rel. error {c['max_rel_err']:.1e}")  # fmt: skip
     if "onnxruntime" in row:
         o = row["onnxruntime"]
-        print(f"  ONNX Runtime: dense {o['dense_ms']:.3f} ms, decomposed {o['decomposed_ms']:.3f} ms, "
+        add(f"  ONNX Runtime: dense {o['dense_ms']:.3f} ms, decomposed {o['decomposed_ms']:.3f} ms, "
               f"speedup {o['speedup']:.2f}x (rel. error vs PyTorch {o['rel_err_vs_torch']:.1e})")  # fmt: skip
-    sys.stdout.flush()
-
-
-def main(args) -> int:
-    result = run_benchmark(args)
-    if args.json:
-        print(json.dumps(result, indent=1, default=_json_default))
-    return 0
-
-
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main(get_args_parser().parse_args()))
+    return "\n".join(lines)

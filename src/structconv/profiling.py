@@ -1,37 +1,22 @@
-"""``structconv profile``: adds / mults / params of a model, beside the paper's figures.
+"""Adds / mults / params of an architecture, beside the paper's figures (``structconv profile``).
 
 Counts the *deployment* form by default (a structurized model is decomposed first, since that
-is what the paper's tables count); ``--form training`` counts the structured training form.
+is what the paper's tables count); ``form="training"`` counts the structured training form.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import torch
 
-__all__ = ["get_args_parser", "main", "profile", "parse_input_size"]
+from .complexity import count_ops
+from .convert import decompose
+from .models import create_model, default_input_size
+from .models.paper import paper_row
 
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Count adds, mults and params (paper accounting)", add_help=add_help)
-    parser.add_argument("--arch", required=True, help="architecture name (structconv, torchvision or timm)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--struct", choices=["A", "B", "a", "b"], help="the paper's Struct-A / Struct-B plan")
-    group.add_argument("--ratio", type=float, help="uniform compression ratio for structurize()")
-    parser.add_argument("--input-size", type=int, nargs="+", metavar="N",
-                        help="C H W, or H W, or H (default: the model's own, e.g. 3 32 32 for CIFAR ResNets)")  # fmt: skip
-    parser.add_argument("--num-classes", type=int, default=None, help="classifier size (model default)")
-    parser.add_argument("--form", choices=["deployed", "training"], default="deployed",
-                        help="count the decomposed deployment form (default) or the structured training form")  # fmt: skip
-    parser.add_argument("--layers", action="store_true", help="also print the per-layer rows")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
+__all__ = ["profile", "format_profile", "parse_input_size"]
 
 
 def parse_input_size(values, arch: str) -> tuple[int, int, int]:
-    from .models import default_input_size
-
     default = default_input_size(arch)
     if not values:
         return tuple(default)
@@ -50,20 +35,13 @@ def parse_input_size(values, arch: str) -> tuple[int, int, int]:
 def profile(arch: str, *, struct: str | None = None, ratio: float | None = None, input_size=None,
             num_classes: int | None = None, form: str = "deployed") -> dict:  # fmt: skip
     """Count ops of ``arch`` (optionally Struct-A/B or a ratio) and compare with the paper's row."""
-    import torch
-
-    from .complexity import count_ops
-    from .convert import decompose
-    from .models import create_model
-    from .models.paper import paper_row
-
     input_size = parse_input_size(input_size, arch)
     struct = struct.upper() if struct else None
     with torch.no_grad():
         model = create_model(arch, num_classes=num_classes, in_chans=input_size[0], struct=struct, ratio=ratio)
     structured = struct is not None or ratio is not None
     if structured and form == "deployed":
-        model = decompose(model)
+        model = decompose(model, on_unstructured="ignore")  # random weights: counting, not deploying
     report = count_ops(model, (1, *input_size))
     out = {"arch": arch, "struct": struct, "ratio": ratio, "form": form if structured else "dense",
            "input_size": list(input_size), **report.to_dict()}  # fmt: skip
@@ -115,20 +93,3 @@ def format_profile(result: dict) -> str:
             note += f"; paper figures are for input {size} and its own head, so no gap is computed"
         lines.append(note)
     return "\n".join(lines)
-
-
-def main(args: argparse.Namespace) -> int:
-    result = profile(args.arch, struct=args.struct, ratio=args.ratio, input_size=args.input_size,
-                     num_classes=args.num_classes, form=args.form)  # fmt: skip
-    report = result.pop("_report")
-    if args.json:
-        if args.layers:
-            result["layers"] = report.to_dict(rows=True)["layers"]
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        if args.layers:
-            print(report)
-            print()
-        print(format_profile(result))
-    return 0
