@@ -21,9 +21,13 @@ tp = pytest.importorskip("torch_pruning")
 
 from structconv.baselines import (  # noqa: E402 - after the optional-dependency skip
     ChannelMapShortcut,
+    factor_spatial_svd,
+    factor_weight_svd,
     load_pruned,
     prune_to_mults,
     save_pruned,
+    spatial_svd,
+    weight_svd,
 )
 from structconv.baselines.pruning import customized_pruners, unpad_shortcuts  # noqa: E402
 
@@ -174,3 +178,88 @@ def test_prune_to_mults_rejects_unreachable_targets():
         prune_to_mults(model, x, 2 * dense)
     with pytest.raises(ValueError, match="round_to=0"):
         prune_to_mults(model, x, 0.5 * dense, round_to=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Weight SVD and spatial SVD
+
+CONVS = [
+    dict(in_channels=5, out_channels=7, kernel_size=3, stride=2, padding=1),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 5), stride=(2, 1), padding=(1, 2), bias=False),
+    dict(in_channels=3, out_channels=8, kernel_size=3, padding="same", dilation=2),
+    dict(in_channels=6, out_channels=3, kernel_size=(5, 3), stride=(1, 3), padding=0),
+    dict(in_channels=6, out_channels=4, kernel_size=1, stride=2),
+]
+
+
+@pytest.mark.parametrize("kwargs", CONVS, ids=lambda k: f"{k['kernel_size']}-{k.get('stride', 1)}-{k.get('padding')}")
+def test_full_rank_factorizations_reproduce_the_conv(kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**kwargs).double()
+    x = torch.randn(2, conv.in_channels, 11, 9, dtype=torch.float64)
+    out_ch, in_ch, kh, kw = conv.weight.shape
+    weight_full, spatial_full = min(out_ch, in_ch * kh * kw), min(in_ch * kh, out_ch * kw)
+    assert rel_err(factor_weight_svd(conv, weight_full)(x), conv(x)) < 1e-10
+    assert rel_err(factor_spatial_svd(conv, spatial_full)(x), conv(x)) < 1e-10
+    with pytest.raises(ValueError, match="rank="):
+        factor_weight_svd(conv, weight_full + 1)
+    with pytest.raises(ValueError, match="rank=0"):
+        factor_spatial_svd(conv, 0)
+
+
+def test_full_rank_linear_factorization_is_exact_and_truncation_is_optimal():
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 7).double()
+    x = torch.randn(3, 20, dtype=torch.float64)
+    assert rel_err(factor_weight_svd(lin, 7)(x), lin(x)) < 1e-10
+    # rank r keeps the best rank-r approximation: the error is the tail singular values
+    conv = nn.Conv2d(6, 10, 3).double()
+    s = torch.linalg.svdvals(conv.weight.detach().reshape(10, -1))
+    for rank in (1, 4, 9):
+        first, second = factor_weight_svd(conv, rank)
+        effective = second.weight.reshape(10, rank) @ first.weight.reshape(rank, -1)
+        error = torch.linalg.matrix_norm(effective - conv.weight.detach().reshape(10, -1))
+        assert error.item() == pytest.approx(s[rank:].square().sum().sqrt().item(), rel=1e-9)
+
+
+def test_spatial_svd_splits_the_kernel_into_vertical_and_horizontal_convs():
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+    vertical, horizontal = factor_spatial_svd(conv, 5)
+    assert (vertical.kernel_size, vertical.stride, vertical.padding, vertical.bias) == ((3, 1), (2, 1), (1, 0), None)
+    assert (horizontal.kernel_size, horizontal.stride, horizontal.padding) == ((1, 3), (1, 2), (0, 1))
+    assert torch.equal(horizontal.bias, conv.bias)
+    assert (vertical.out_channels, horizontal.in_channels) == (5, 5)
+
+
+@pytest.mark.parametrize("method", [weight_svd, spatial_svd])
+@pytest.mark.parametrize("name, fraction", [("resnet20", 0.5), ("resnet20", 0.27), ("mobilenet_v2", 0.27)])
+def test_svd_hits_the_target_and_keeps_grouped_convs(method, name, fraction):
+    model, x = trained_like(name)
+    dense = mults(model, x)
+    factored = method(model, x, fraction * dense)
+    assert_within(mults(factored, x), fraction * dense)
+    assert factored(x).shape == model(x).shape
+    assert mults(model, x) == dense  # the original is untouched
+    pairs = [m for m in factored.modules() if isinstance(m, nn.Sequential) and len(m) == 2
+             and all(isinstance(p, (nn.Conv2d, nn.Linear)) for p in m)]  # fmt: skip
+    assert pairs
+    grouped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(grouped) == len([m for m in factored.modules() if isinstance(m, nn.Conv2d) and m.groups > 1])
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    assert any(m.weight.shape == classifier.weight.shape for m in factored.modules() if isinstance(m, nn.Linear))
+
+
+def test_weight_svd_on_resnet18_respects_filter_fn():
+    model, x = trained_like("resnet18")
+    dense = mults(model, x)
+    factored = weight_svd(model, x, 0.5 * dense, filter_fn=lambda name, m: not name.startswith("layer4"))
+    assert_within(mults(factored, x), 0.5 * dense)
+    assert all(isinstance(m, nn.Conv2d) for m in (factored.layer4[0].conv1, factored.layer4[1].conv2))
+    assert isinstance(factored.layer1[0].conv1, nn.Sequential)
+    assert factored(x).shape == (1, 10)
+
+
+def test_svd_rejects_targets_no_rank_reaches():
+    model, x = trained_like("resnet20")
+    with pytest.raises(ValueError, match="target_mults=.*reached"):
+        spatial_svd(model, x, 0.01 * mults(model, x))
