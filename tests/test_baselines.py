@@ -24,6 +24,7 @@ from structconv.baselines import (  # noqa: E402 - after the optional-dependency
     factor_spatial_svd,
     factor_weight_svd,
     load_pruned,
+    narrow_to_mults,
     prune_to_mults,
     save_pruned,
     spatial_svd,
@@ -263,3 +264,63 @@ def test_svd_rejects_targets_no_rank_reaches():
     model, x = trained_like("resnet20")
     with pytest.raises(ValueError, match="target_mults=.*reached"):
         spatial_svd(model, x, 0.01 * mults(model, x))
+
+
+# --------------------------------------------------------------------------------------------
+# Narrow networks
+
+
+def constant_build(build):
+    """A builder whose weights are recognizable: every conv weight 0.5, BN running mean 3."""
+
+    def fn():
+        model = build()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.weight.fill_(0.5)
+                elif isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.fill_(3.0)
+        return model
+
+    return fn
+
+
+@pytest.mark.parametrize(
+    "name, fraction", [("resnet20", 0.5), ("resnet20", 0.27), ("resnet18", 0.27), ("mobilenet_v2", 0.5)]
+)
+def test_narrow_network_is_uniformly_thinner_and_freshly_initialized(name, fraction):
+    build, shape = BUILDERS[name]
+    x = torch.randn(shape)
+    dense_model = build()
+    dense = mults(dense_model, x)
+    narrow = narrow_to_mults(constant_build(build), x, fraction * dense)
+    assert_within(mults(narrow, x), fraction * dense)
+    assert narrow.eval()(x).shape == (1, 10)
+    for m in narrow.modules():  # re-initialized: nothing left of the source's weights
+        if isinstance(m, nn.Conv2d):
+            assert not torch.all(m.weight == 0.5)
+        elif isinstance(m, nn.BatchNorm2d):
+            assert torch.all(m.running_mean == 0)
+    # a width multiplier: one alpha with every conv within 1.5 channels of alpha * its width
+    # (round(alpha * width), give or take the one channel of the staggered rounding)
+    pairs = [(n.out_channels, d.out_channels) for n, d in zip(narrow.modules(), dense_model.modules())
+             if isinstance(d, nn.Conv2d)]  # fmt: skip
+    lowest = max((w - 1.5) / full for w, full in pairs)
+    highest = min((w + 1.5) / full for w, full in pairs)
+    assert lowest <= highest, pairs
+    assert any(w < full for w, full in pairs)
+
+
+def test_narrow_cifar_resnet_has_option_a_shortcuts():
+    x = torch.randn(MNIST)
+    narrow = narrow_to_mults(resnet20, x, 0.27 * mults(resnet20(), x))
+    shortcuts = [m for m in narrow.modules() if isinstance(m, (PadShortcut, ChannelMapShortcut))]
+    assert len(shortcuts) == 2 and all(isinstance(m, PadShortcut) for m in shortcuts)
+    assert narrow.layer2[0].conv1.in_channels + shortcuts[0].extra == narrow.layer2[0].conv2.out_channels
+
+
+def test_narrow_rejects_module_objects_in_ignored_layers():
+    model = resnet20()
+    with pytest.raises(ValueError, match="qualified name"):
+        narrow_to_mults(resnet20, torch.randn(MNIST), 1e6, ignored_layers=[model.conv1])
