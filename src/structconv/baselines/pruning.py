@@ -290,8 +290,9 @@ def prune_to_mults(
             network chooses where to thin, layer widths become non-uniform) rather than the
             same ratio in every layer.  With ``False`` every layer crosses its rounding
             threshold at the same ratio and the count moves in jumps that can skip ±3 %.
-        max_pruning_ratio: no layer loses more than this fraction of its channels (global
-            magnitude ranking otherwise can thin a layer to a single channel).
+        max_pruning_ratio: a layer that has lost this fraction of its channels is pruned no
+            further (global magnitude ranking otherwise can thin a layer to one channel);
+            Torch-Pruning checks before each step, so the last step can go a little past it.
         tolerance: the allowed relative distance to ``target_mults``.
         inplace: prune ``model`` itself (Torch-Pruning's usual mode) instead of a copy.
 
