@@ -30,6 +30,7 @@ def atomic_write(path: str | os.PathLike, write: Callable, mode: str) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual mode
         os.replace(tmp, path)
     except BaseException as err:
         if os.path.exists(tmp):
@@ -39,6 +40,12 @@ def atomic_write(path: str | os.PathLike, write: Callable, mode: str) -> None:
             raise OSError(f"could not write {str(path)!r} (disk full or quota exceeded?): "
                           f"{str(err).splitlines()[0]}") from None  # fmt: skip
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

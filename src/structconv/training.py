@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from . import distributed as dist_utils
 from .distributed import parse_device
-from ._io import atomic_write_json, remove_stale_temp_files
+from ._io import atomic_write_json, json_safe, remove_stale_temp_files
 from .complexity import count_ops
 from .convert import _set_submodule, decompose
 from .data import DATASETS, ResumableSampler, build_datasets
@@ -103,6 +103,9 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     label_smoothing: float = 0.0
     seed: int = 0
+    distill: float = 0.0  # weight of the distillation term when a teacher is given (train(..., teacher=))
+    distill_temperature: float = 1.0
+    eval_at: tuple = ()  # extra optimizer steps to evaluate at (0: before the first step), for curves
     # run control
     output_dir: str = "runs/train"
     resume: str | None = None  # a checkpoint path, or "auto" for OUTPUT_DIR/checkpoint.pth
@@ -157,6 +160,10 @@ class TrainConfig:
         _number(self.momentum, "--momentum", low=0.0, high=1.0, high_strict=True)
         _number(self.weight_decay, "--weight-decay", low=0.0)
         _number(self.label_smoothing, "--label-smoothing", low=0.0, high=1.0, high_strict=True)
+        _number(self.distill, "--distill", low=0.0, high=1.0)
+        _number(self.distill_temperature, "--distill-temperature", low=0.0, strict=True)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.eval_at):
+            raise ValueError(f"--eval-at {self.eval_at!r} must list step numbers >= 0")
         if self.in_chans is not None and self.in_chans not in (1, 3):
             raise ValueError(f"--in-chans {self.in_chans}: images convert to 1 (grayscale) or 3 (RGB) channels")
         parse_device(self.device)
@@ -241,8 +248,8 @@ def prepare_output(config: TrainConfig, *, is_main: bool = True) -> tuple[Path, 
 
 
 def _check_resume(config: TrainConfig, ckpt: dict, path: Path) -> None:
-    saved = ckpt.get("config") or ckpt.get("args") or {}
-    now = config.meaning()
+    saved = json_safe(ckpt.get("config") or ckpt.get("args") or {})
+    now = json_safe(config.meaning())
     changed = []
     for key, value in now.items():
         if key not in saved:
@@ -409,6 +416,7 @@ class _Run:
     state: dict
     history: list
     say: object
+    teacher: nn.Module | None = None
 
     @property
     def is_main(self) -> bool:
@@ -465,9 +473,14 @@ def train_one_epoch(run: _Run, train_ds, sampler, stop: _StopOnSignal, progress=
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         run.ddp_model.train()
-        task = F.cross_entropy(run.ddp_model(images), targets, label_smoothing=config.label_smoothing)
+        logits = run.ddp_model(images)
+        task = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
+        loss = task
+        if run.teacher is not None:
+            loss = (1 - config.distill) * task + config.distill * _distillation(logits, images, run.teacher, config)
         reg = structural_regularization(run.model) if run.use_reg else task.new_zeros(())
-        loss = task + lam * reg if run.use_reg else task
+        if run.use_reg:
+            loss = loss + lam * reg
         if not torch.isfinite(loss):
             raise ValueError(f"loss became {loss.item()} at step {state['global_step']}; lower --lr or --lam")
         run.optimizer.zero_grad(set_to_none=True)
@@ -485,6 +498,10 @@ def train_one_epoch(run: _Run, train_ds, sampler, stop: _StopOnSignal, progress=
                                      "train_loss": loss.item(), "task_loss": task.item(), "reg_loss": reg.item()})  # fmt: skip
         epoch_done = state["step_in_epoch"] >= run.steps_per_epoch
         finished = state["global_step"] >= run.total_steps
+        if state["global_step"] in config.eval_at and not (epoch_done or finished):
+            state["train_seconds"] += time.perf_counter() - tic
+            evaluate_run(run)
+            tic = time.perf_counter()
         stop_after = bool(config.stop_after) and state["steps_this_run"] >= config.stop_after
         periodic = bool(config.ckpt_every) and state["global_step"] % config.ckpt_every == 0
         if epoch_done or finished or periodic or stop_after or stop.requested:
@@ -505,6 +522,15 @@ def train_one_epoch(run: _Run, train_ds, sampler, stop: _StopOnSignal, progress=
         if epoch_done:
             return "epoch"
     return "epoch"
+
+
+def _distillation(logits, images, teacher: nn.Module, config: TrainConfig):
+    """Hinton et al.'s distillation term: ``T^2 KL(softmax(teacher / T) || softmax(student / T))``."""
+    with torch.no_grad():
+        target = teacher(images)
+    t = config.distill_temperature
+    return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), log_target=True,
+                    reduction="batchmean") * (t * t)  # fmt: skip
 
 
 def finish(run: _Run) -> dict:
@@ -571,21 +597,26 @@ def format_report(results: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def train(config: TrainConfig) -> dict | None:
+def train(config: TrainConfig, *, model: nn.Module | None = None, teacher: nn.Module | None = None) -> dict | None:
     """Run ``config``: returns the results (rank 0; ``None`` on other ranks and when the run
     stopped early by ``stop_after``).  Raises :class:`RunInterrupted` after checkpointing when a
-    SIGINT/SIGTERM arrives, ``ValueError`` / ``OSError`` for bad options and unusable paths."""
+    SIGINT/SIGTERM arrives, ``ValueError`` / ``OSError`` for bad options and unusable paths.
+
+    ``model`` trains a model built by the caller (a pruned or factorized one, say) instead of
+    ``config.arch``; to resume it, pass a model of the same structure again.  ``teacher`` (in
+    eval mode, frozen) adds ``config.distill`` times the distillation loss to the task loss.
+    """
     config.validate()
     if config.mode == "control" and config.lam not in (0, 0.0, 1.0) and not config.quiet:
         print(f"note: --mode control trains with lambda = 0 (--lam {config.lam:g} is not used)", file=sys.stderr)
     ctx = dist_utils.init_distributed(config.device)
     try:
-        return _train(config, ctx)
+        return _train(config, ctx, model, teacher)
     finally:
         dist_utils.cleanup()
 
 
-def _train(config: TrainConfig, ctx) -> dict | None:
+def _train(config: TrainConfig, ctx, model: nn.Module | None, teacher: nn.Module | None) -> dict | None:
     if config.threads:
         torch.set_num_threads(config.threads)
     elif ctx.world_size > 1 and ctx.device.type == "cpu":
@@ -593,7 +624,18 @@ def _train(config: TrainConfig, ctx) -> dict | None:
     out_dir, ckpt = prepare_output(config, is_main=ctx.rank == 0)
     torch.manual_seed(config.seed)
     train_ds, test_ds, info = load_data(config, download=config.download and ctx.rank == 0)
-    model = build_model(config, info).to(ctx.device)
+    if teacher is not None and not config.distill > 0:
+        raise ValueError("a teacher is given but --distill is 0; set the weight of the distillation term")
+    if teacher is None and config.distill > 0:
+        if config.mode != "finetune":
+            raise ValueError("--distill needs a teacher: --mode finetune distills from its --init-from model")
+        teacher = create_model(config.arch, num_classes=info.num_classes, in_chans=info.in_chans)
+        _load_dense_weights(teacher, config.init_from)
+    model = (build_model(config, info) if model is None else model).to(ctx.device)
+    if teacher is not None:
+        teacher = teacher.to(ctx.device).eval().requires_grad_(False)
+        if config.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     structured = any(isinstance(m, StructuredLayer) for m in model.modules())
@@ -624,7 +666,8 @@ def _train(config: TrainConfig, ctx) -> dict | None:
     say = (lambda *a: print(*a, flush=True)) if (is_main and not config.quiet) else (lambda *a: None)
     eval_loader = DataLoader(test_ds, batch_size=max(256, config.batch_size), shuffle=False, num_workers=config.workers)
     run = _Run(config, ctx, out_dir, model, dist_utils.wrap(model, ctx), optimizer, scheduler, info, steps_per_epoch,
-               total_steps, use_reg, RunLog(out_dir, is_main, config.tensorboard), eval_loader, state, history, say)  # fmt: skip
+               total_steps, use_reg, RunLog(out_dir, is_main, config.tensorboard), eval_loader, state, history, say,
+               teacher)  # fmt: skip
     if ckpt is None:
         lam = f", lam={config.effective_lam:g}" if use_reg else ""
         say(f"training {config.arch} ({config.mode}{lam}) on {info.name} {'x'.join(map(str, info.input_size))}: "
@@ -636,6 +679,8 @@ def _train(config: TrainConfig, ctx) -> dict | None:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total_steps, initial=state["global_step"], desc="train", unit="step", dynamic_ncols=True)
+    if 0 in config.eval_at and state["global_step"] == 0:
+        evaluate_run(run)  # where training starts from (e.g. right after projection or pruning)
     why = "epoch"
     try:
         with _StopOnSignal(ctx.world_size == 1) as stop:

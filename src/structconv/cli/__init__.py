@@ -26,6 +26,7 @@ COMMANDS = {
     "eval": ("structconv.cli.eval", "evaluate a checkpoint on a dataset"),
     "bench": ("structconv.cli.bench", "time dense vs decomposed models (interleaved medians)"),
     "export": ("structconv.cli.export", "export a decomposed model to TorchScript and ONNX"),
+    "compare": ("structconv.cli.compare", "structured convolutions vs pruning, low-rank and narrow nets, at equal cost"),
 }
 
 

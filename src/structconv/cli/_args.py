@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["Parser", "positive_int", "nonnegative_int", "finite_float", "int_list"]
+__all__ = ["Parser", "positive_int", "nonnegative_int", "finite_float", "int_list", "step_list", "name_list"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,9 +43,22 @@ def finite_float(text: str) -> float:
     return value
 
 
-def int_list(text: str) -> tuple[int, ...]:
-    """``"1,8,32"`` -> ``(1, 8, 32)``, each positive."""
+def int_list(text: str, low: int = 1) -> tuple[int, ...]:
+    """``"1,8,32"`` -> ``(1, 8, 32)``, each at least ``low``."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise argparse.ArgumentTypeError(f"{text!r} lists no values (e.g. 1,8,32)")
-    return tuple(positive_int(t) for t in items)
+    return tuple(_int(t, low, f"an integer >= {low}") for t in items)
+
+
+def step_list(text: str) -> tuple[int, ...]:
+    """``"0,50,100"`` -> ``(0, 50, 100)``: optimizer steps (0 is before the first one)."""
+    return int_list(text, 0)
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")``."""
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} lists no names")
+    return items

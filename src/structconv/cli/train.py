@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import finite_float, nonnegative_int, positive_int
+from ._args import finite_float, nonnegative_int, positive_int, step_list
 
 __all__ = ["get_args_parser", "main"]
 
@@ -40,6 +40,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr-warmup-steps", type=nonnegative_int, default=0)
     p.add_argument("--label-smoothing", type=finite_float, default=0.0, help="in [0, 1)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--distill", type=finite_float, default=0.0,
+                   help="weight in [0, 1] of distillation from the --init-from model (mode finetune)")  # fmt: skip
+    p.add_argument("--distill-temperature", type=finite_float, default=1.0)
+    p.add_argument("--eval-at", type=step_list, default=(),
+                   help="also evaluate after these steps (0: before the first), e.g. 0,50,100")  # fmt: skip
     # run control
     p.add_argument("--output-dir", default="runs/train", help="checkpoints, logs and results.json go here")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from a checkpoint (default: OUTPUT_DIR/checkpoint.pth)")
