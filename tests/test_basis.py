@@ -291,3 +291,14 @@ def test_operators_cached_under_inference_mode_still_train():
     beta = torch.randn(2, 20, 2, 3, requires_grad=True)
     (basis.residual(w).square().sum() + basis.orthonormal_to_coefficients(beta).square().sum()).backward()
     assert torch.isfinite(w.grad).all() and torch.isfinite(beta.grad).all()
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_operators_accept_non_contiguous_weights(path):
+    basis = StructuredBasis(12, (3, 3), 5, (2, 3))
+    w = torch.randn(4, 12, 3, 3, dtype=torch.float64)
+    w_cl = w.to(memory_format=torch.channels_last)
+    with closed_form_from(PATHS[path]):
+        for op in ("project", "residual", "coefficients"):
+            torch.testing.assert_close(getattr(basis, op)(w_cl), getattr(basis, op)(w), atol=1e-12, rtol=0)
+        torch.testing.assert_close(basis.project(w.transpose(0, 1).contiguous().transpose(0, 1)), basis.project(w))

@@ -128,7 +128,9 @@ def test_regularizer_gradient_on_wide_and_stacked_layers():
 def test_half_layers_with_tiny_weights_read_their_true_error(dtype):
     # norms below finfo(float16).tiny: clamping the 16-bit norm there made 0.87 read 0.03
     torch.manual_seed(0)
-    layers = nn.ModuleList([sc.StructuredConv2d(8, 4, 3, c=4, n=2, dtype=dtype), sc.StructuredLinear(300, 2, r=150, dtype=dtype)])
+    layers = nn.ModuleList(
+        [sc.StructuredConv2d(8, 4, 3, c=4, n=2, dtype=dtype), sc.StructuredLinear(300, 2, r=150, dtype=dtype)]
+    )
     with torch.no_grad():
         for m in layers:
             m.weight.mul_(2e-6)
