@@ -81,55 +81,75 @@ def _period_offsets(x: Tensor, m: int) -> Tensor:
     return s
 
 
-class _PeriodicProjection(torch.autograd.Function):
-    """The first ``length`` entries along dim 1 of ``(I - T T^+) x`` (``residual``) or ``T T^+ x``.
+def _add_periodic_(t: Tensor, v: Tensor, alpha: float) -> None:
+    """``t[:, i] += alpha * v[:, i mod L]`` in place (``t``: ``(before, n, after)``, ``v``: ``(before, L, after)``)."""
+    b, n, a = t.shape
+    period = v.shape[1]
+    q, rem = divmod(n, period)
+    t[:, : q * period].view(b, q, period, a).add_(v.unsqueeze(1), alpha=alpha)
+    t[:, q * period :].add_(v[:, :rem], alpha=alpha)
 
-    A Function rather than plain tensor ops so the forward writes its output in one pass; both
-    projections are symmetric, so the backward is the same projection of the (zero-extended)
-    gradient, itself differentiable.
+
+class _PeriodicProjection(torch.autograd.Function):
+    """The first ``length`` entries along dim 1 of ``(I - T T^+) x`` (``mode="residual"``),
+    ``p = T T^+ x`` (``"project"``) or its first differences ``p_i - p_{i-1}`` (``"diff"``, with
+    ``p_{-1} = 0``).
+
+    A Function rather than plain tensor ops so the forward writes one new tensor besides the
+    class sums (on a wide layer each new tensor costs page faults as well as a pass).  The
+    projections are symmetric, so the backward is the projection of the zero-extended gradient
+    (after the transposed difference for ``"diff"``), itself differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, m: int, residual: bool, length: int) -> Tensor:
-        ctx.m, ctx.residual, ctx.size = m, residual, x.shape[1]
+    def forward(ctx, x: Tensor, m: int, mode: str, length: int) -> Tensor:
+        ctx.m, ctx.mode, ctx.size = m, mode, x.shape[1]
         b, size, a = x.shape
         period = size - m + 1
-        v = _period_offsets(x, m).unsqueeze(1)
+        v = _period_offsets(x, m)
         q, rem = divmod(length, period)
         out = x.new_empty(b, length, a)
-        if residual:
-            out[:, : q * period].view(b, q, period, a).copy_(v)
-            out[:, q * period :].copy_(v[:, 0, :rem])
-        else:
+        if mode == "residual":
+            out[:, : q * period].view(b, q, period, a).copy_(v.unsqueeze(1))
+            out[:, q * period :].copy_(v[:, :rem])
+        elif mode == "project":  # one pass: x - v, broadcast over the periods
             main = out[:, : q * period].view(b, q, period, a)
-            torch.sub(x[:, : q * period].view(b, q, period, a), v, out=main)
-            torch.sub(x[:, q * period : length], v[:, 0, :rem], out=out[:, q * period :])
+            torch.sub(x[:, : q * period].view(b, q, period, a), v.unsqueeze(1), out=main)
+            torch.sub(x[:, q * period : length], v[:, :rem], out=out[:, q * period :])
+        else:  # d_i = (x_i - x_{i-1}) - (v_{i mod L} - v_{(i-1) mod L})
+            out[:, :1].copy_(x[:, :1])
+            torch.sub(x[:, 1:length], x[:, : length - 1], out=out[:, 1:])
+            _add_periodic_(out, v, -1.0)
+            _add_periodic_(out[:, 1:], v, 1.0)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        mode = ctx.mode
+        if mode == "diff":  # transpose of the first difference: g_i - g_{i+1}
+            grad, g = grad.clone(), grad
+            grad[:, :-1] -= g[:, 1:]
+            mode = "project"
         if grad.shape[1] < ctx.size:
             grad = torch.nn.functional.pad(grad, (0, 0, 0, ctx.size - grad.shape[1]))
-        return _PeriodicProjection.apply(grad.contiguous(), ctx.m, ctx.residual, ctx.size), None, None, None
+        return _PeriodicProjection.apply(grad.contiguous(), ctx.m, mode, ctx.size), None, None, None
 
 
 def _residual_3d(x: Tensor, m: int) -> Tensor:
     """``(I - T T^+) x`` along dim 1 (``T`` is ``x.shape[1] x m``)."""
-    return _PeriodicProjection.apply(x.contiguous(), m, True, x.shape[1])
+    return _PeriodicProjection.apply(x.contiguous(), m, "residual", x.shape[1])
 
 
 def _project_3d(x: Tensor, m: int) -> Tensor:
     """``T T^+ x`` along dim 1."""
-    return _PeriodicProjection.apply(x.contiguous(), m, False, x.shape[1])
+    return _PeriodicProjection.apply(x.contiguous(), m, "project", x.shape[1])
 
 
 def _pinv_3d(x: Tensor, m: int) -> Tensor:
     """``T^+ x`` along dim 1 (shape ``(before, m, after)``)."""
     b, size, a = x.shape
     period = size - m + 1
-    p = _PeriodicProjection.apply(x.contiguous(), m, False, m)  # only rows < m are needed
-    d = p.clone()  # d_i = p_i - p_{i-1} = alpha_i - alpha_{i-L}; few new tensors, each costs page faults
-    d[:, 1:] -= p[:, :-1]
+    d = _PeriodicProjection.apply(x.contiguous(), m, "diff", m)  # alpha_i - alpha_{i-L}, rows < m only
     full, rem = divmod(m, period)
     if full == 0 or (full == 1 and rem == 0):  # m <= L (compression ratio >= ~2): alpha = d
         return d
