@@ -89,3 +89,61 @@ def test_operators_cached_under_inference_mode_still_train():
         conv.basis.project(torch.zeros(4, 37, 3, 3))
     sc.structural_regularization(conv).backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+
+
+def kronecker_term(layer, weight=None) -> torch.Tensor:
+    """Eq. 3 for one layer with A = kron of the 1-D band matrices (independent of basis.py's operators)."""
+    from structconv.basis import band_matrix
+
+    basis = layer.basis
+    a = torch.ones(1, 1, dtype=torch.float64)
+    for full, red in zip(basis.full_shape, basis.reduced_shape):
+        a = torch.kron(a, band_matrix(full, red))
+    weight = layer.weight if weight is None else weight
+    w = weight.double().reshape(weight.shape[0], -1)
+    residual = w - w @ (a @ torch.linalg.pinv(a)).T
+    return residual.norm() / w.norm()
+
+
+def test_regularizer_gradient_on_wide_and_stacked_layers():
+    """Wide channel axes (closed forms), a wide axis next to a structured kernel axis, and layers
+    stacked because they share a basis: value and gradient equal autograd of the explicit formula."""
+    torch.manual_seed(0)
+    layers = nn.ModuleList([
+        sc.StructuredConv2d(6, 4, 3, c=3, n=2, dtype=torch.float64),
+        sc.StructuredConv2d(6, 4, 3, c=3, n=2, dtype=torch.float64),  # stacked with the first
+        sc.StructuredLinear(300, 3, r=150, dtype=torch.float64),
+        sc.StructuredLinear(301, 2, r=290, dtype=torch.float64),  # period 12 < r
+        sc.StructuredConv1d(260, 2, 3, c=100, n=2, dtype=torch.float64),
+    ])  # fmt: skip
+    reg = sc.structural_regularization(layers)
+    explicit = sum(kronecker_term(m) for m in layers)
+    torch.testing.assert_close(reg, explicit, atol=1e-12, rtol=1e-10)
+    weights = [m.weight for m in layers]
+    for g, e in zip(torch.autograd.grad(reg, weights), torch.autograd.grad(explicit, weights)):
+        torch.testing.assert_close(g, e, atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_layers_with_tiny_weights_read_their_true_error(dtype):
+    # norms below finfo(float16).tiny: clamping the 16-bit norm there made 0.87 read 0.03
+    torch.manual_seed(0)
+    layers = nn.ModuleList(
+        [sc.StructuredConv2d(8, 4, 3, c=4, n=2, dtype=dtype), sc.StructuredLinear(300, 2, r=150, dtype=dtype)]
+    )
+    with torch.no_grad():
+        for m in layers:
+            m.weight.mul_(2e-6)
+    reg = sc.structural_regularization(layers)
+    assert reg.dtype == torch.float32
+    for m in layers:
+        true = float(kronecker_term(m))
+        assert true > 0.5
+        assert m.structure_error() == pytest.approx(true, rel=1e-5)
+    torch.testing.assert_close(reg.double(), sum(kronecker_term(m) for m in layers).detach(), rtol=1e-5, atol=0)
+    reg.backward()
+    for m in layers:
+        assert m.weight.grad.dtype == dtype
+        w = m.weight.detach().double().requires_grad_(True)
+        want = torch.autograd.grad(kronecker_term(m, w), w)[0]
+        assert float((m.weight.grad.double() - want).norm() / want.norm()) < 4 * torch.finfo(dtype).eps

@@ -8,8 +8,10 @@ Sec. 5).  Along every axis this is multiplication by a 1-D band matrix ``T`` of 
 whole kernel is the Kronecker product ``A = T_C (x) T_k1 (x) ... (x) T_kd``.
 
 Everything here uses that separability: the projection ``A A^+`` and the coefficients
-``A^+ W`` are applied one small matrix per axis (the pseudo-inverse of a Kronecker product is
-the Kronecker product of the pseudo-inverses), so the ``(C*prod(k))^2`` matrix is never built.
+``A^+ W`` are applied one axis at a time (the pseudo-inverse of a Kronecker product is
+the Kronecker product of the pseudo-inverses), so the ``(C*prod(k))^2`` matrix is never built:
+a short axis by one GEMM with a small cached matrix, a wide one (the channels of a wide layer)
+by closed forms whose cost is linear in its size (see ``_period_offsets``).
 """
 
 from __future__ import annotations
@@ -51,29 +53,177 @@ def band_matrix(size: int, m: int, *, dtype: torch.dtype = torch.float64, device
     return ((i >= j) & (i - j <= size - m)).to(dtype)
 
 
-def _box_filter_rows(x: Tensor, size: int) -> Tensor:
-    """``T @ x`` for the ``size x m`` band matrix, as a running sum over rows (no dense matmul)."""
-    m = x.shape[0]
-    window = size - m + 1
-    cum = torch.cumsum(torch.nn.functional.pad(x, (0, 0, 1, 0)), 0)  # cum[j] = x[0] + ... + x[j-1]
-    i = torch.arange(size)
-    # row i of T has ones in columns max(0, i-window+1) .. min(i, m-1)
-    return cum[torch.clamp(i, max=m - 1) + 1] - cum[torch.clamp(i - window + 1, min=0)]
+# ---- closed forms along one axis, linear in its size ----------------------------------------
+# With ``L = size - m + 1``, ``null(T^T)`` holds the sequences whose every length-``L`` window
+# sums to 0: those that repeat with period ``L`` and sum to 0 over one period.  The residual
+# ``(I - T T^+) x`` is the orthogonal projection of ``x`` onto them: with ``s_k`` the sum of the
+# ``n_k`` entries at positions ``i = k (mod L)``, it repeats ``v_k = (s_k - c) / n_k``, where
+# ``c = sum_k (s_k / n_k) / sum_k (1 / n_k)`` makes one period sum to 0.  ``T^+ x = T^+ P x``
+# then follows from ``(Px)_i - (Px)_{i-1} = alpha_i - alpha_{i-L}``: a running sum with stride
+# ``L`` of the first differences of ``Px``, and ``T alpha`` is the running sum of
+# ``alpha_i - alpha_{i-L}``.  Every function below works on dim 1 of a ``(before, size, after)``
+# tensor, in one pass or a few.
 
 
-@functools.lru_cache(maxsize=None)
+def _period_offsets(x: Tensor, m: int) -> Tensor:
+    """``v`` (shape ``(before, L, after)``): ``(I - T T^+) x`` repeats ``v`` along dim 1."""
+    b, size, a = x.shape
+    period = size - m + 1
+    q, rem = divmod(size, period)  # n_k = q + 1 for k < rem, q otherwise
+    s = x[:, : q * period].reshape(b, q, period, a).sum(1)
+    if rem:
+        s[:, :rem] += x[:, q * period :]
+    c = s[:, :rem].sum(1, keepdim=True) / (q + 1) + s[:, rem:].sum(1, keepdim=True) / q
+    c /= rem / (q + 1) + (period - rem) / q
+    s -= c
+    s[:, :rem] /= q + 1
+    s[:, rem:] /= q
+    return s
+
+
+def _add_periodic_(t: Tensor, v: Tensor, alpha: float) -> None:
+    """``t[:, i] += alpha * v[:, i mod L]`` in place (``t``: ``(before, n, after)``, ``v``: ``(before, L, after)``)."""
+    b, n, a = t.shape
+    period = v.shape[1]
+    q, rem = divmod(n, period)
+    t[:, : q * period].view(b, q, period, a).add_(v.unsqueeze(1), alpha=alpha)
+    t[:, q * period :].add_(v[:, :rem], alpha=alpha)
+
+
+class _PeriodicProjection(torch.autograd.Function):
+    """The first ``length`` entries along dim 1 of ``(I - T T^+) x`` (``mode="residual"``),
+    ``p = T T^+ x`` (``"project"``) or its first differences ``p_i - p_{i-1}`` (``"diff"``, with
+    ``p_{-1} = 0``).
+
+    A Function rather than plain tensor ops so the forward writes one new tensor besides the
+    class sums (on a wide layer each new tensor costs page faults as well as a pass).  The
+    projections are symmetric, so the backward is the projection of the zero-extended gradient
+    (after the transposed difference for ``"diff"``), itself differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, m: int, mode: str, length: int) -> Tensor:
+        ctx.m, ctx.mode, ctx.size = m, mode, x.shape[1]
+        b, size, a = x.shape
+        period = size - m + 1
+        v = _period_offsets(x, m)
+        q, rem = divmod(length, period)
+        out = x.new_empty(b, length, a)
+        if mode == "residual":
+            out[:, : q * period].view(b, q, period, a).copy_(v.unsqueeze(1))
+            out[:, q * period :].copy_(v[:, :rem])
+        elif mode == "project":  # one pass: x - v, broadcast over the periods
+            main = out[:, : q * period].view(b, q, period, a)
+            torch.sub(x[:, : q * period].view(b, q, period, a), v.unsqueeze(1), out=main)
+            torch.sub(x[:, q * period : length], v[:, :rem], out=out[:, q * period :])
+        else:  # d_i = (x_i - x_{i-1}) - (v_{i mod L} - v_{(i-1) mod L})
+            out[:, :1].copy_(x[:, :1])
+            torch.sub(x[:, 1:length], x[:, : length - 1], out=out[:, 1:])
+            _add_periodic_(out, v, -1.0)
+            _add_periodic_(out[:, 1:], v, 1.0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        mode = ctx.mode
+        if mode == "diff":  # transpose of the first difference: g_i - g_{i+1}
+            grad, g = grad.clone(), grad
+            grad[:, :-1] -= g[:, 1:]
+            mode = "project"
+        if grad.shape[1] < ctx.size:
+            grad = torch.nn.functional.pad(grad, (0, 0, 0, ctx.size - grad.shape[1]))
+        return _PeriodicProjection.apply(grad.contiguous(), ctx.m, mode, ctx.size), None, None, None
+
+
+def _residual_3d(x: Tensor, m: int) -> Tensor:
+    """``(I - T T^+) x`` along dim 1 (``T`` is ``x.shape[1] x m``)."""
+    return _PeriodicProjection.apply(x.contiguous(), m, "residual", x.shape[1])
+
+
+def _project_3d(x: Tensor, m: int) -> Tensor:
+    """``T T^+ x`` along dim 1."""
+    return _PeriodicProjection.apply(x.contiguous(), m, "project", x.shape[1])
+
+
+def _pinv_3d(x: Tensor, m: int) -> Tensor:
+    """``T^+ x`` along dim 1 (shape ``(before, m, after)``)."""
+    b, size, a = x.shape
+    period = size - m + 1
+    d = _PeriodicProjection.apply(x.contiguous(), m, "diff", m)  # alpha_i - alpha_{i-L}, rows < m only
+    full, rem = divmod(m, period)
+    if full == 0 or (full == 1 and rem == 0):  # m <= L (compression ratio >= ~2): alpha = d
+        return d
+    main = d[:, : full * period].reshape(b, full, period, a).cumsum(1).reshape(b, full * period, a)
+    if rem == 0:
+        return main
+    return torch.cat([main, d[:, full * period :] + main[:, (full - 1) * period : (full - 1) * period + rem]], 1)
+
+
+def _compose_3d(alpha: Tensor, size: int) -> Tensor:
+    """``T alpha`` along dim 1 (``T`` is ``size x alpha.shape[1]``): a running sum of
+    ``alpha_i - alpha_{i-L}``, whose partial sums are the outputs themselves (no cancellation)."""
+    m = alpha.shape[1]
+    period = size - m + 1
+    e = torch.nn.functional.pad(alpha, (0, 0, 0, size - m))
+    e[:, period:] -= alpha[:, : m - 1]
+    return e.cumsum_(1)
+
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def _on_axis(fn, t: Tensor, axis: int, *args) -> Tensor:
+    """Apply a ``_*_3d`` closed form along ``axis`` of ``t`` (half types computed in float32)."""
+    shape = t.shape
+    before, after = math.prod(shape[:axis]), math.prod(shape[axis + 1 :])
+    x = t.reshape(before, shape[axis], after)
+    if x.dtype in _HALF_TYPES:
+        y = fn(x.float(), *args).to(x.dtype)
+    else:
+        y = fn(x, *args)
+    return y.reshape(*shape[:axis], y.shape[1], *shape[axis + 1 :])
+
+
+def _axis_op(fn, arg: int):
+    """``fn`` (a ``_*_3d`` closed form with its size argument) as an entry of :func:`_apply_per_axis`."""
+    return lambda t, axis: _on_axis(fn, t, axis, arg)
+
+
+# Axes at least this long use the closed forms above, shorter ones one GEMM with a cached matrix:
+# the smallest width at which the closed form was faster in every measured layer shape.
+_CLOSED_FORM_MIN_SIZE = 256
+
+
+def _dense(size: int) -> bool:
+    return size < _CLOSED_FORM_MIN_SIZE
+
+
+# Cached operators are built outside inference mode: a cache first filled under
+# torch.inference_mode() (benchmarks, count_ops) would otherwise hand inference tensors to a
+# later training step, which autograd rejects.  Only axes shorter than _CLOSED_FORM_MIN_SIZE
+# reach these caches from StructuredBasis, so each entry is small and the count is bounded.
 @torch.inference_mode(False)
-def _band_ops_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
-    t = band_matrix(size, m)
-    # T has full column rank, so T^+ = (T^T T)^{-1} T^T; T^T T is symmetric positive definite
-    # (a Toeplitz "triangle" matrix), so a Cholesky solve in float64 is exact to ~1e-12 and
-    # several times faster than lstsq for the 1000-wide bands of large pointwise layers.
-    chol = torch.linalg.cholesky(t.T @ t)
-    pinv = torch.cholesky_solve(t.T.contiguous(), chol)
-    return pinv, _box_filter_rows(pinv, size)
+def _band_ops_exact(size: int, m: int) -> tuple[Tensor, Tensor]:
+    """``(T^+, T T^+)`` in float64 on the CPU, from the closed forms applied to the identity
+    (exact to ~1e-15; ``O(size^2)`` time and memory, no factorization)."""
+    eye = torch.eye(size, dtype=torch.float64).unsqueeze(0)
+    return _pinv_3d(eye, m)[0], _project_3d(eye, m)[0]
 
 
-@functools.lru_cache(maxsize=None)
+_band_ops_cpu64 = functools.lru_cache(maxsize=128)(_band_ops_exact)
+
+
+@functools.lru_cache(maxsize=256)
+@torch.inference_mode(False)
+def _band_ops(size: int, m: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(T^+, T T^+)`` on ``device`` in ``dtype``."""
+    return tuple(op.to(device=device, dtype=dtype) for op in _band_ops_cpu64(size, m))
+
+
+# The square roots of the Gram matrix are needed only by the orthonormal parametrization of
+# direct training (OrthonormalCoefficients), for every axis width: an eigh of the m x m Gram
+# matrix, O(m^3), so they are built on first use and kept in small caches.
+@functools.lru_cache(maxsize=16)
 @torch.inference_mode(False)
 def _gram_roots_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
     """``(T^T T)^{-1/2}`` and ``(T^T T)^{1/2}`` (symmetric roots, via eigh in float64)."""
@@ -82,33 +232,43 @@ def _gram_roots_cpu64(size: int, m: int) -> tuple[Tensor, Tensor]:
     return (eigvecs * eigvals.rsqrt()) @ eigvecs.T, (eigvecs * eigvals.sqrt()) @ eigvecs.T
 
 
-# Cached operators are built outside inference mode: a cache first filled under
-# torch.inference_mode() (benchmarks, count_ops) would otherwise hand inference tensors to a
-# later training step, which autograd rejects.
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=32)
 @torch.inference_mode(False)
-def _band_ops(size: int, m: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """``(T^+, T T^+, (T^T T)^{-1/2}, (T^T T)^{1/2})`` on ``device`` in ``dtype``."""
-    ops = (*_band_ops_cpu64(size, m), *_gram_roots_cpu64(size, m)) if size != m else _band_ops_cpu64(size, m)
-    return tuple(op.to(device=device, dtype=dtype) for op in ops)
+def _gram_roots(size: int, m: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    return tuple(op.to(device=device, dtype=dtype) for op in _gram_roots_cpu64(size, m))
 
 
 def band_pinv(size: int, m: int, *, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
-    """Moore-Penrose inverse ``T^+`` (shape ``m x size``) of :func:`band_matrix`. Cached."""
+    """Moore-Penrose inverse ``T^+`` (shape ``m x size``) of :func:`band_matrix`.
+
+    Cached below ``_CLOSED_FORM_MIN_SIZE``; a wider one is built afresh on every call, as a dense
+    ``m x size`` matrix (``O(size^2)`` memory) -- :class:`StructuredBasis` never builds it.
+    """
     _check_band(size, m)
-    return _band_ops(size, m, torch.device(device or "cpu"), dtype)[0]
+    device = torch.device(device or "cpu")
+    if _dense(size):
+        return _band_ops(size, m, device, dtype)[0]
+    return _pinv_3d(torch.eye(size, dtype=torch.float64).unsqueeze(0), m)[0].to(device=device, dtype=dtype)
 
 
 def band_projector(size: int, m: int, *, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
-    """Orthogonal projector ``T T^+`` (shape ``size x size``) onto the span of the band. Cached."""
+    """Orthogonal projector ``T T^+`` (shape ``size x size``) onto the span of the band.
+
+    Cached below ``_CLOSED_FORM_MIN_SIZE``; a wider one is built afresh on every call, as a dense
+    ``size x size`` matrix (``O(size^2)`` memory) -- :class:`StructuredBasis` never builds it.
+    """
     _check_band(size, m)
-    return _band_ops(size, m, torch.device(device or "cpu"), dtype)[1]
+    device = torch.device(device or "cpu")
+    if _dense(size):
+        return _band_ops(size, m, device, dtype)[1]
+    return _project_3d(torch.eye(size, dtype=torch.float64).unsqueeze(0), m)[0].to(device=device, dtype=dtype)
 
 
-def _apply_per_axis(t: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
-    """Contract the last ``len(mats)`` axes of ``t`` with ``mats`` (each ``out x in``), one axis at a time.
+def _apply_per_axis(t: Tensor, mats: Sequence) -> Tensor:
+    """Contract the last ``len(mats)`` axes of ``t`` with ``mats``, one axis at a time.
 
-    ``None`` marks an identity axis (nothing to do).  Each contraction is ONE GEMM: the
+    Each entry is ``None`` for an identity axis (nothing to do), a callable ``op(t, axis)`` (a
+    closed form, for wide axes), or an ``out x in`` matrix.  Each matrix contraction is ONE GEMM: the
     ``(before, axis, after)`` view is copied to ``(axis, before*after)`` and multiplied by ``mat``.  A batched
     matmul over ``before`` (no copy) was 1.7x faster on an AVX-512 Xeon but 3x slower on an
     AVX2 EPYC (MKL's batched GEMM), forward + backward at ResNet56's shapes; the single GEMM
@@ -117,6 +277,9 @@ def _apply_per_axis(t: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
     first = t.dim() - len(mats)
     for axis, mat in enumerate(mats, start=first):
         if mat is None:
+            continue
+        if callable(mat):  # a closed form (a Tensor is not callable)
+            t = mat(t, axis)
             continue
         shape = t.shape
         if axis == t.dim() - 1:
@@ -142,6 +305,8 @@ class _Projection:
     def error(self, weight: Tensor) -> float:
         """Relative structure error ``||(I - A A^+) W||_F / ||W||_F`` (0 for a zero weight)."""
         with torch.no_grad():
+            if weight.dtype in _HALF_TYPES:  # tiny norms underflow or lose precision in 16 bits
+                weight = weight.float()
             norm = torch.linalg.vector_norm(weight)
             if norm == 0:
                 return 0.0
@@ -210,13 +375,23 @@ class StructuredBasis(_Projection):
         return math.prod(self.full_shape) / self.num_elements
 
     # ---- operators --------------------------------------------------------------------
-    def _ops(self, like: Tensor, which: int) -> list[Tensor | None]:
-        """Per-axis ``T^+`` (0), ``T T^+`` (1), ``(T^T T)^{-1/2}`` (2) or ``(T^T T)^{1/2}`` (3);
-        ``None`` where the band is the identity matrix (``n == k``), and so are all four."""
+    def _ops(self, like: Tensor, which: int) -> list:
+        """Per-axis ``T^+`` (0), ``T T^+`` (1), ``(T^T T)^{-1/2}`` (2) or ``(T^T T)^{1/2}`` (3) for
+        :func:`_apply_per_axis`: a cached matrix, or for ``T^+`` / ``T T^+`` on an axis of at least
+        ``_CLOSED_FORM_MIN_SIZE`` a closed form; ``None`` where the band is the identity
+        (``n == k``), and so are all four."""
         dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
-        ops: list[Tensor | None] = []
+        ops: list = []
         for f, r in zip(self.full_shape, self.reduced_shape):
-            ops.append(None if f == r else _band_ops(f, r, like.device, dtype)[which])
+            if f == r:
+                ops.append(None)
+            elif which >= 2:
+                ops.append(_gram_roots(f, r, like.device, dtype)[which - 2])
+            elif _dense(f):
+                ops.append(_band_ops(f, r, like.device, dtype)[which])
+            else:
+                fn = _pinv_3d if which == 0 else _project_3d
+                ops.append(_axis_op(fn, r))
         return ops
 
     def _check_trailing(self, t: Tensor, shape: tuple[int, ...], what: str) -> None:
@@ -228,10 +403,23 @@ class StructuredBasis(_Projection):
         self._check_trailing(weight, self.full_shape, "weight")
         return _apply_per_axis(weight, self._ops(weight, 1))
 
+    def residual(self, weight: Tensor) -> Tensor:
+        """``(I - A A^+) W``, the part of ``W`` that is not structured (Eq. 3)."""
+        self._check_trailing(weight, self.full_shape, "weight")
+        axes = [(i, f, r) for i, (f, r) in enumerate(zip(self.full_shape, self.reduced_shape)) if f != r]
+        if len(axes) == 1 and not _dense(axes[0][1]):
+            # one wide band: its residual directly, in one pass (and without W - PW's cancellation)
+            i, _, r = axes[0]
+            return _on_axis(_residual_3d, weight, weight.dim() - len(self.full_shape) + i, r)
+        return weight - self.project(weight)
+
     def orthonormal_to_coefficients(self, beta: Tensor) -> Tensor:
         """``alpha = (A^T A)^{-1/2} beta``: coefficients whose kernel ``A alpha = Q beta`` has
         orthonormal ``Q = A (A^T A)^{-1/2}``, so ``||A alpha||_F = ||beta||_F`` and a gradient
-        step on ``beta`` is a gradient step on ``W`` projected onto the structured subspace."""
+        step on ``beta`` is a gradient step on ``W`` projected onto the structured subspace.
+
+        Built on first use per axis by an eigh of the ``n x n`` Gram matrix (``O(n^3)``), kept
+        in a small cache: only direct training with :class:`OrthonormalCoefficients` needs it."""
         self._check_trailing(beta, self.reduced_shape, "beta")
         return _apply_per_axis(beta, self._ops(beta, 2))
 
@@ -248,9 +436,15 @@ class StructuredBasis(_Projection):
     def compose(self, alpha: Tensor) -> Tensor:
         """``W = A alpha``: the dense structured kernel built from coefficients."""
         self._check_trailing(alpha, self.reduced_shape, "alpha")
-        dtype = alpha.dtype
-        mats = [band_matrix(f, r, dtype=dtype, device=alpha.device) for f, r in zip(self.full_shape, self.reduced_shape)]
-        return _apply_per_axis(alpha, mats)
+        ops: list = []
+        for f, r in zip(self.full_shape, self.reduced_shape):
+            if f == r:
+                ops.append(None)
+            elif _dense(f):
+                ops.append(band_matrix(f, r, dtype=alpha.dtype, device=alpha.device))
+            else:
+                ops.append(_axis_op(_compose_3d, f))
+        return _apply_per_axis(alpha, ops)
 
     # ---- explicit forms (small sizes; tests and interop) ------------------------------
     def masks(self, *, dtype: torch.dtype = torch.float64) -> Tensor:
