@@ -269,10 +269,9 @@ def _apply_per_axis(t: Tensor, mats: Sequence) -> Tensor:
 
     Each entry is ``None`` for an identity axis (nothing to do), a callable ``op(t, axis)`` (a
     closed form, for wide axes), or an ``out x in`` matrix.  Each matrix contraction is ONE GEMM: the
-    ``(before, axis, after)`` view is copied to ``(axis, before*after)`` and multiplied by ``mat``.  A batched
-    matmul over ``before`` (no copy) was 1.7x faster on an AVX-512 Xeon but 3x slower on an
-    AVX2 EPYC (MKL's batched GEMM), forward + backward at ResNet56's shapes; the single GEMM
-    is the one without a bad case (``structural_regularization``'s cost rests on it).
+    ``(before, axis, after)`` view is copied to ``(axis, before*after)`` and multiplied by ``mat``:
+    a batched matmul over ``before`` (no copy) was much slower on some CPUs' BLAS, and the single
+    GEMM has no bad case (``structural_regularization``'s cost rests on it; BENCHMARKS.md).
     """
     first = t.dim() - len(mats)
     for axis, mat in enumerate(mats, start=first):

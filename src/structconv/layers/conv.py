@@ -143,10 +143,12 @@ class _DecomposedConvNd(DecomposedLayer, nn.Module):
         ).prepare(in_channels, device=device, dtype=dtype)  # fmt: skip
         self.conv = DENSE_CONV[nd](
             groups * self.basis.c, out_channels, self.basis.n, stride=geo.conv_stride, padding=geo.conv_padding,
-            dilation=geo.conv_dilation, groups=groups, bias=bias, device=device, dtype=dtype,
+            dilation=geo.conv_dilation, groups=groups, bias=bias, device=device if _init else "meta", dtype=dtype,
         )  # fmt: skip
         if _init:
             init_as_projected_dense(self.conv, self.basis)
+        else:  # built to receive alpha (decompose): skip drawing an init that is overwritten at once
+            self.conv.to_empty(device=device if device is not None else "cpu")
 
     @property
     def c(self) -> int:

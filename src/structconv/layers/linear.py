@@ -61,9 +61,12 @@ class DecomposedLinear(DecomposedLayer, nn.Module):
         self.out_features = _int(out_features, "out_features", owner)
         self.basis = _basis_for(owner, self.in_features, (), r, ())
         self.window = self.in_features - self.r + 1
-        self.linear = nn.Linear(self.r, self.out_features, bias, device=device, dtype=dtype)
         if _init:
+            self.linear = nn.Linear(self.r, self.out_features, bias, device=device, dtype=dtype)
             init_as_projected_dense(self.linear, self.basis)
+        else:  # built to receive alpha (decompose): skip drawing an init that is overwritten at once
+            self.linear = nn.Linear(self.r, self.out_features, bias, device="meta", dtype=dtype).to_empty(
+                device=device if device is not None else "cpu")
 
     @property
     def r(self) -> int:
