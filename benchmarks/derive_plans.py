@@ -3,312 +3,222 @@
 
 Bhalgat et al., "Structured Convolutions for Efficient Neural Network Design" (NeurIPS 2020)
 report #adds / #mults / #params for "Struct-A/B" versions of several networks, but the
-per-layer (c, n) choices live in a supplementary we do not have.  This script
+per-layer (c, n) choices live in a supplementary we do not have.  This script searches for
+them with the package itself; it re-implements no model and no counting:
 
-1. builds the real networks (torchvision ResNet18/34/50, MobileNetV2, EfficientNet-B1,
-   timm HRNet-W18-Small-v2 with an HRNetV2 segmentation head, and the He et al. CIFAR
-   ResNet20/32/56 written below), records every Conv2d / Linear / BatchNorm2d with forward
-   hooks;
-2. counts adds / mults / params with the paper's convention (see ``conv_cost``);
-3. enumerates a grid of *plan rules* (stage -> target ratio R, layer role -> strategy) and
-   *counting variants* (size of the sum-pooled map, BN after a decomposed conv counted or
-   folded), and ranks them by the worst relative error over (adds, mults, params);
-4. prints, per model/version, the best rule, our numbers vs the paper and the relative gap.
+1. models: ``structconv.models.create_model(name)`` at ``default_input_size(name)`` (the
+   registry: ``cifar_resnet20/32/56``, ``resnet18/34/50``, ``mobilenet_v2``,
+   ``efficientnet_b1`` (also shown at 224 px as ``efficientnet_b1@224``),
+   ``hrnet_w18_small_v2_seg``); the paper's numbers: ``structconv.models.paper.paper_row``;
+2. one ``structconv.count_ops`` of each dense model gives the cost of every dense Conv/Linear
+   and BatchNorm (its per-module rows); forward pre-hooks in the same pass record each
+   Conv/Linear's input shape.  Counting only needs shapes, so it runs on the meta device;
+3. a layer's cost under a structure is ``count_ops`` of that single layer, structurized
+   (``structconv.structurize`` with an override) and decomposed, on its recorded input shape,
+   cached per (layer configuration and input shape, spec, convention), so identical layers
+   are counted once.  ``--check [N]`` confirms, for N random plans and the best one of each
+   family/version, that the per-layer sums equal ``count_ops`` of the whole structurized +
+   decomposed model (built anew on CPU, real tensors; both pooled maps, BN counted);
+4. enumerates a grid of *plan rules* (stage -> target ratio R, layer role -> strategy; the
+   strategies are ``structconv.models.plans``' ``chan``, ``spatial``, ``cn_exact``,
+   ``c2n``) and *counting conventions*, ranks the rules by the worst relative error over
+   (adds, mults, params), and prints per model/version the best rule, our numbers vs the
+   paper and the relative gap.
 
-Self-contained: needs only torch, torchvision, timm.  No weights are downloaded.
-Run: ``python benchmarks/derive_plans.py [--top K] [--verbose]`` (about 30 s on 2 cores).
+Counting conventions (``--convention``; index into ``CONVENTIONS``):
+    pooled map  ``count_ops(pooled_map=...)``: "paper" charges a decomposed conv's sum-pool
+                for the stride-1 map of the padded input (Sec. 4.2, what the package calls the
+                paper's accounting); "executed" for the positions the implementation
+                computes (fewer for a strided 1x1 conv, whose pool runs at the stride, and
+                for a channel-only pool, which leaves the zero padding to the small conv).
+                "executed" replaces the script's former "H1 = H'" variant (pool charged at
+                the output size), which the package does not count.
+    BN          the BatchNorm right after a decomposed conv counted, or folded into it
+                (dropped: no adds, mults or params).
+No weights are downloaded.
+Run: ``python benchmarks/derive_plans.py [--top K] [--convention I] [--verbose] [--check [N]]``.
 
 Strategies for a k x k conv with C input channels per group and target ratio R
-(ratio = C*N1*N2 / (c*n1*n2)):
+(ratio = C*N1*N2 / (c*n1*n2)), from ``structconv.models.plans``:
     dense  no decomposition
-    c      n = N,   c = round(C / R)              (channel-only)
-    n      c = C,   n = N - 1                     (spatial-only; 3x3 -> 2x2 is 2.25x)
-    cn     n = N-1, c = min(C, ceil(C N^2 / (R (N-1)^2)))   (exact ratio with n = N-1)
-    c2n    n = N-1, c = min(C, round(2 C / R))    (3x3: R=2 -> (C,2) 2.25x, R=4 -> (C/2,2) 4.5x)
-1x1 convs only have ``c`` (c = C / R); depthwise convs (C = 1 per group) only ``n``.
-Linear Q -> P: ``r`` = Q / R (Sec. 4.3).
+    c      chan(m, R):     n = N,   c = round(C / R)               (channel-only)
+    n      spatial(m):     c = C,   n = N - 1                      (3x3 -> 2x2 is 2.25x)
+    cn     cn_exact(m, R): n = N-1, c = min(C, ceil(C N^2 / (R (N-1)^2)))  (exact ratio)
+    c2n    c2n(m, R):      n = N-1, c = min(C, round(2 C / R))
+1x1 convs only have ``c``; depthwise convs (C = 1 per group) only ``n``.
+Linear Q -> P: ``r`` = chan(m, R), r = round(Q / R) (Sec. 4.3).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import math
+import random
 import time
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 
-# --------------------------------------------------------------------------------------
-# Paper numbers: (adds, mults, params) in absolute units.
-G, M = 1e9, 1e6
-PAPER = {
-    ("resnet56", "base"): (125.49 * M, 126.02 * M, 0.85 * M),
-    ("resnet56", "A"): (63.04 * M, 62.10 * M, 0.40 * M),
-    ("resnet56", "B"): (48.49 * M, 33.87 * M, 0.21 * M),
-    ("resnet32", "base"): (68.86 * M, 69.16 * M, 0.46 * M),
-    ("resnet32", "A"): (35.59 * M, 35.09 * M, 0.22 * M),
-    ("resnet32", "B"): (26.29 * M, 18.18 * M, 0.11 * M),
-    ("resnet20", "base"): (40.55 * M, 40.74 * M, 0.27 * M),
-    ("resnet20", "A"): (20.77 * M, 20.42 * M, 0.13 * M),
-    ("resnet20", "B"): (15.31 * M, 10.59 * M, 0.067 * M),
-    ("resnet50", "base"): (4.09 * G, 4.10 * G, 25.56 * M),
-    ("resnet50", "A"): (2.69 * G, 2.19 * G, 13.49 * M),
-    ("resnet50", "B"): (1.92 * G, 1.38 * G, 8.57 * M),
-    ("resnet34", "base"): (3.66 * G, 3.67 * G, 21.80 * M),
-    ("resnet34", "A"): (1.71 * G, 1.71 * G, 9.82 * M),
-    ("resnet34", "B"): (1.47 * G, 1.11 * G, 5.60 * M),
-    ("resnet18", "base"): (1.81 * G, 1.82 * G, 11.69 * M),
-    ("resnet18", "A"): (0.88 * G, 0.89 * G, 5.59 * M),
-    ("resnet18", "B"): (0.79 * G, 0.63 * G, 3.19 * M),
-    ("mobilenet_v2", "base"): (0.30 * G, 0.31 * G, 3.50 * M),
-    ("mobilenet_v2", "A"): (0.26 * G, 0.23 * G, 2.62 * M),
-    ("mobilenet_v2", "B"): (0.29 * G, 0.17 * G, 1.77 * M),
-    ("efficientnet_b1", "base"): (0.70 * G, 0.70 * G, 7.80 * M),
-    ("efficientnet_b1", "A"): (0.62 * G, 0.45 * G, 4.93 * M),
-    ("hrnet_w18_small_v2_seg", "base"): (76.8 * G, 77.1 * G, 3.9 * M),
-    ("hrnet_w18_small_v2_seg", "A"): (54.3 * G, 54.0 * G, 1.9 * M),
-}
+import structconv as sc
+from structconv.models import create_model, default_input_size
+from structconv.models.paper import paper_row
+from structconv.models.plans import c2n, chan, cn_exact, spatial
+
+# (pooled_map of count_ops, BN after a decomposed conv folded?)
+CONVENTIONS = [("paper", False), ("paper", True), ("executed", False), ("executed", True)]
+BASELINES = ("cifar_resnet56", "cifar_resnet32", "cifar_resnet20", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
+             "efficientnet_b1", "efficientnet_b1@224", "hrnet_w18_small_v2_seg")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
-# Models
-class CifarBasicBlock(nn.Module):
-    """He et al. (2016) CIFAR block with option-A (parameter-free) shortcut."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.pad = cout - cin
-        self.stride = stride
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        s = x[:, :, :: self.stride, :: self.stride]
-        if self.pad:
-            s = F.pad(s, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-        return F.relu(y + s)
+# Models and their dense counts (all from the package)
+def input_shape(name: str) -> tuple[int, ...]:
+    """Batch-1 input of ``name``; ``arch@S`` is ``arch`` at S x S pixels."""
+    arch, _, px = name.partition("@")
+    c, h, w = default_input_size(arch)
+    return (1, c, int(px), int(px)) if px else (1, c, h, w)
 
 
-class CifarResNet(nn.Module):
-    def __init__(self, depth, num_classes=10):
-        super().__init__()
-        nb = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        layers, cin = [], 16
-        for i, c in enumerate((16, 32, 64)):
-            blocks = []
-            for b in range(nb):
-                blocks.append(CifarBasicBlock(cin, c, 2 if (b == 0 and i > 0) else 1))
-                cin = c
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.fc = nn.Linear(64, num_classes)
+class Layer:
+    """One Conv/Linear of a dense model: the module (on the meta device), the input shapes it
+    ran on, and its dense (adds, mults, params) from ``count_ops``."""
 
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+    def __init__(self, name: str, module: nn.Module):
+        self.name, self.module = name, module
+        self.shapes: list[tuple[int, ...]] = []
+        self.dense = np.zeros(3, dtype=np.int64)
 
 
-class HRNetSeg(nn.Module):
-    """timm hrnet_w18_small_v2 backbone + the HRNetV2 segmentation head
-    (concat of the 4 upsampled branches -> 1x1 conv 270->270 + BN + ReLU -> 1x1 conv 270->19)."""
+class Profile:
+    """A dense model, counted once: its Conv/Linear layers in execution order, its BatchNorms
+    (cost and the conv they follow), the parameters held elsewhere, and the totals."""
 
-    def __init__(self, num_classes=19):
-        super().__init__()
-        import timm
-
-        self.backbone = timm.create_model(
-            "hrnet_w18_small_v2", pretrained=False, features_only=True,
-            feature_location="", out_indices=(1, 2, 3, 4))
-        ch = sum(self.backbone.feature_info.channels())
-        self.last_layer = nn.Sequential(
-            nn.Conv2d(ch, ch, 1), nn.BatchNorm2d(ch), nn.ReLU(), nn.Conv2d(ch, num_classes, 1))
-
-    def forward(self, x):
-        f = self.backbone(x)
-        h, w = f[0].shape[2:]
-        x = torch.cat([f[0]] + [F.interpolate(t, size=(h, w), mode="bilinear") for t in f[1:]], 1)
-        return self.last_layer(x)
-
-
-def build(name):
-    import torchvision.models as tvm
-
-    if name.startswith("resnet") and int(name[6:]) in (20, 32, 56):
-        return CifarResNet(int(name[6:])), (32, 32)
-    if name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2"):
-        return getattr(tvm, name)(weights=None), (224, 224)
-    if name == "efficientnet_b1":
-        return tvm.efficientnet_b1(weights=None), (240, 240)
-    if name == "efficientnet_b1@224":
-        return tvm.efficientnet_b1(weights=None), (224, 224)
-    if name == "hrnet_w18_small_v2_seg":
-        return HRNetSeg(), (1024, 2048)
-    raise ValueError(name)
-
-
-def extract(name):
-    """Run one forward pass with hooks; return (rows, total_params)."""
-    model, size = build(name)
-    rows, hooks = [], []
-    for fqn, m in model.named_modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
-            continue
-
-        def hook(mod, inp, out, fqn=fqn):
-            x = inp[0]
-            if isinstance(mod, nn.Conv2d):
-                rows.append(dict(name=fqn, kind="conv", Cin=mod.in_channels, Cout=mod.out_channels,
-                                 g=mod.groups, k=mod.kernel_size, s=mod.stride, p=mod.padding,
-                                 d=mod.dilation, bias=mod.bias is not None, H=x.shape[2],
-                                 W=x.shape[3], Ho=out.shape[2], Wo=out.shape[3]))
-            elif isinstance(mod, nn.Linear):
-                rows.append(dict(name=fqn, kind="fc", Q=mod.in_features, P=mod.out_features,
-                                 bias=mod.bias is not None, reps=x.numel() // x.shape[-1]))
+    def __init__(self, name: str):
+        self.name, self.arch = name, name.partition("@")[0]
+        self.shape = input_shape(name)
+        with torch.device("meta"):  # counting needs shapes only
+            model = create_model(self.arch)
+        layers = {n: Layer(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: layers[n].shapes.append(tuple(args[0].shape)))
+                 for n, m in model.named_modules() if n in layers]  # fmt: skip
+        try:
+            report = sc.count_ops(model, self.shape)
+        finally:
+            for h in hooks:
+                h.remove()
+        self.layers: list[Layer] = []
+        self.bn: list[tuple[np.ndarray, str | None]] = []  # (cost, owner conv)
+        prev, seen = None, set()
+        for row in report.rows:
+            cost = np.array([row.adds, row.mults, row.params], dtype=np.int64)
+            mod = model.get_submodule(row.name)
+            if row.name in layers:
+                layer = layers[row.name]
+                if row.name in seen:  # a layer that runs twice: its params once
+                    layer.dense[:2] += cost[:2]
+                else:
+                    seen.add(row.name)
+                    self.layers.append(layer)
+                    layer.dense += cost
+            elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                # a BN that runs right after a conv with matching channels belongs to that conv
+                owns = prev is not None and getattr(prev.module, "out_channels", None) == mod.num_features
+                self.bn.append((cost, prev.name if owns else None))
             else:
-                rows.append(dict(name=fqn, kind="bn", C=out.shape[1], numel=out[0].numel()))
+                raise RuntimeError(f"{name}: unexpected counted module {row.name} ({row.layer_type})")
+            prev = layers.get(row.name)
+        self.base = np.array([report.adds, report.mults, report.params], dtype=np.int64)
+        counted = sum(lay.dense for lay in self.layers) + sum(c for c, _ in self.bn)
+        self.other = self.base - counted  # parameters outside Conv/Linear/BN (none in these models)
+        assert self.other[0] == self.other[1] == 0, (name, self.other)
 
-        hooks.append(m.register_forward_hook(hook))
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 3, *size))
-    for h in hooks:
-        h.remove()
-    # a BN that runs right after a conv with matching channels belongs to that conv
-    for prev, r in zip(rows, rows[1:]):
-        if r["kind"] == "bn" and prev["kind"] == "conv" and prev["Cout"] == r["C"]:
-            r["owner"] = prev["name"]
-    return rows, sum(p.numel() for p in model.parameters())
-
-
-# --------------------------------------------------------------------------------------
-# Counting (paper Sec. 4.2 / 4.3)
-def conv_cost(r, spec, h1="pad"):
-    """(adds, mults, params) of one conv; spec None = dense, else (c, (n1, n2)).
-
-    dense:  mults = C N1 N2 Cout H'W';  adds = (C N1 N2 - 1) Cout H'W' (+Cout H'W' if bias)
-    decomposed: mults = c n1 n2 Cout H'W'; adds = (c n1 n2 - 1) Cout H'W' (+bias)
-                + ((C-c+1)(N1-n1+1)(N2-n2+1) - 1) * c * groups * H1 W1   (sum-pooling)
-    h1 = "pad": H1 = H + 2p - d (N1 - n1)  (stride-1 sum-pool of the padded input, exact)
-    h1 = "out": H1 = H'                    (sum-pool counted at the output resolution)
-    """
-    C = r["Cin"] // r["g"]
-    N1, N2 = r["k"]
-    c, (n1, n2) = (C, (N1, N2)) if spec is None else spec
-    o = r["Cout"] * r["Ho"] * r["Wo"]
-    b = r["bias"]
-    k = c * n1 * n2
-    mults = k * o
-    adds = (k - 1) * o + (o if b else 0)
-    params = k * r["Cout"] + (r["Cout"] if b else 0)
-    w = (C - c + 1) * (N1 - n1 + 1) * (N2 - n2 + 1)
-    if w > 1:
-        if h1 == "pad":
-            H1 = r["H"] + 2 * r["p"][0] - r["d"][0] * (N1 - n1)
-            W1 = r["W"] + 2 * r["p"][1] - r["d"][1] * (N2 - n2)
-        else:
-            H1, W1 = r["Ho"], r["Wo"]
-        adds += (w - 1) * c * r["g"] * H1 * W1
-    return np.array([adds, mults, params], dtype=float)
+    def cost(self, layer: Layer, spec, pooled_map: str) -> np.ndarray:
+        """(adds, mults, params) of ``layer`` with structure ``spec`` (None = dense)."""
+        if spec is None:
+            return layer.dense
+        return _structured_cost(layer.module, tuple(layer.shapes), spec, pooled_map)
 
 
-def fc_cost(r, rr):
-    """Linear Q->P: dense mults PQ, adds (Q-1)P (+P bias); structured r: mults rP,
-    adds r(Q-r) + (r-1)P (+P bias), params rP (+P)."""
-    P, Q, b, n = r["P"], r["Q"], r["bias"], r["reps"]
-    if rr is None:
-        return np.array([((Q - 1) * P + (P if b else 0)) * n, P * Q * n, P * Q + (P if b else 0)], float)
-    return np.array([(rr * (Q - rr) + (rr - 1) * P + (P if b else 0)) * n, rr * P * n,
-                     rr * P + (P if b else 0)], float)
+_COSTS: dict[tuple, np.ndarray] = {}
+_DECOMPOSED: dict[tuple, nn.Module] = {}
 
 
-def bn_cost(r):
-    return np.array([r["numel"], r["numel"], 2 * r["C"]], dtype=float)
-
-
-def baseline(rows, params):
-    tot = np.zeros(3)
-    for r in rows:
-        tot += {"conv": lambda: conv_cost(r, None), "fc": lambda: fc_cost(r, None),
-                "bn": lambda: bn_cost(r)}[r["kind"]]()
-    tot[2] = params
-    return tot
+def _structured_cost(module: nn.Module, shapes: tuple, spec, pooled_map: str) -> np.ndarray:
+    """``count_ops`` of ``module`` structurized with ``spec`` and decomposed, summed over the
+    input ``shapes`` it ran on.  Cached per (layer configuration and input shapes, spec,
+    convention): layers that differ only by name and weights (the many identical blocks of a
+    stage, the same block in ResNet18 and ResNet34) are counted once."""
+    layer_key = (type(module).__name__, module.extra_repr(), shapes, spec)
+    key = (*layer_key, pooled_map)
+    if key not in _COSTS:
+        if layer_key not in _DECOMPOSED:
+            structured = sc.structurize(module, overrides={"": spec})
+            _DECOMPOSED[layer_key] = sc.decompose(structured, on_unstructured="ignore")
+        small = _DECOMPOSED[layer_key]
+        tot = np.zeros(3, dtype=np.int64)
+        for shape in shapes:
+            rep = sc.count_ops(small, shape, pooled_map=pooled_map)
+            tot += [rep.adds, rep.mults, 0]
+        tot[2] = rep.params
+        _COSTS[key] = tot
+    return _COSTS[key]
 
 
 # --------------------------------------------------------------------------------------
-# Strategies
-def conv_spec(r, strategy, R):
-    """Map (layer, strategy, target ratio R) -> None | (c, (n1, n2))."""
-    C = r["Cin"] // r["g"]
-    N1, N2 = r["k"]
+# Strategies (the package's) and roles
+def conv_spec(m: nn.Module, strategy: str, R):
+    """(layer, strategy, target ratio R) -> StructureSpec | None."""
     if strategy == "dense" or R is None or R <= 1:
         return None
-    if N1 == 1 and N2 == 1:
+    if isinstance(m, nn.Linear):  # strategy "r"
+        return chan(m, R)
+    if all(k == 1 for k in m.kernel_size):
         strategy = "c"
-    if C == 1 and strategy != "n":  # depthwise: only spatial
+    if m.in_channels // m.groups == 1 and strategy != "n":  # depthwise: only spatial
         strategy = "n"
     if strategy == "c":
-        c, n = max(1, round(C / R)), (N1, N2)
-    elif strategy == "n":
-        c, n = C, (max(1, N1 - 1), max(1, N2 - 1))
-    elif strategy == "cn":
-        n = (max(1, N1 - 1), max(1, N2 - 1))
-        c = min(C, math.ceil(C * N1 * N2 / (R * n[0] * n[1])))
-    elif strategy == "c2n":
-        n = (max(1, N1 - 1), max(1, N2 - 1))
-        c = min(C, max(1, round(2 * C / R)))
-    else:
-        raise ValueError(strategy)
-    if (c, n) == (C, (N1, N2)):
-        return None
-    return c, n
+        return chan(m, R)
+    if strategy == "n":
+        return spatial(m)
+    if strategy == "cn":
+        return cn_exact(m, R)
+    if strategy == "c2n":
+        return c2n(m, R)
+    raise ValueError(strategy)
 
 
-# Each family: role(row) -> (role, stage); a plan = dict with "R" (stage -> ratio) and a
+# Each family: role(name, layer) -> (role, stage); a plan = dict with "R" (stage -> ratio) and a
 # strategy per role.  The grids below list the alternatives searched.
-def role_resnet(r):
-    n = r["name"]
-    if r["kind"] == "fc":
+def role_resnet(n, m):
+    if isinstance(m, nn.Linear):
         return "fc", None
     if n == "conv1":
         return "stem", 0
     st = int(n.split(".")[0][5:])
     if "downsample" in n:
         return "ds", st
-    if r["k"] == (1, 1):  # bottleneck: conv1 reduces, conv3 expands
+    if tuple(m.kernel_size) == (1, 1):  # bottleneck: conv1 reduces, conv3 expands
         return ("pw_in" if n.endswith("conv1") else "pw_out"), st
     return "kxk", st
 
 
-def role_mbv2(r):
-    n = r["name"]
-    if r["kind"] == "fc":
+def role_mbv2(n, m):
+    if isinstance(m, nn.Linear):
         return "fc", None
     if n == "features.0.0":
         return "stem", 0
     idx = int(n.split(".")[1])
-    if r["g"] > 1:
+    if m.groups > 1:
         return "dw", idx
     if n == "features.18.0":
         return "head", idx
     if n.endswith("conv.0.0") and idx > 1:
         return "expand", idx
-    if r["kind"] == "conv" and "conv.1" in n and idx == 1:
-        return "project", idx
     return "project", idx
 
 
-def role_effnet(r):
-    n = r["name"]
-    if r["kind"] == "fc":
+def role_effnet(n, m):
+    if isinstance(m, nn.Linear):
         return "fc", None
     if n == "features.0.0":
         return "stem", 0
@@ -317,35 +227,30 @@ def role_effnet(r):
         return "head", idx
     if ".fc1" in n or ".fc2" in n:
         return "se", idx
-    if r["g"] > 1:
+    if m.groups > 1:
         return "dw", idx
     if n.endswith("block.0.0") and idx > 1:
         return "expand", idx
     return "project", idx
 
 
-def role_hrnet(r):
-    n = r["name"]
+def role_hrnet(n, m):
+    k = tuple(m.kernel_size)
     if n.startswith("last_layer"):
-        return ("head" if r["Cout"] != 19 else "cls"), 5
+        return ("head" if m.out_channels != 19 else "cls"), 5
     if n in ("backbone.conv1", "backbone.conv2"):
         return "stem", 0
     st = 1 if n.startswith("backbone.layer1") else int(n.split(".")[1][-1]) if "stage" in n or "transition" in n else 0
     if "fuse" in n or "transition" in n:
-        return ("fuse_kxk" if r["k"] != (1, 1) else "fuse_pw"), st
+        return ("fuse_kxk" if k != (1, 1) else "fuse_pw"), st
     if "downsample" in n:
         return "ds", st
-    return ("kxk" if r["k"] != (1, 1) else "pw"), st
-
-
-# (H1 of the sum-pool, BN after a decomposed conv folded?)
-CONVENTIONS = [("pad", False), ("pad", True), ("out", False), ("out", True)]
+    return ("kxk" if k != (1, 1) else "pw"), st
 
 
 def grid(**axes):
     keys = list(axes)
-    for vals in itertools.product(*[axes[k] for k in keys]):
-        yield dict(zip(keys, vals))
+    return [dict(zip(keys, vals)) for vals in itertools.product(*[axes[k] for k in keys])]
 
 
 RN_B_MAPS = {  # stage -> ratio for the "B" versions (paper: stages 1-2 2x, stages 3-4 4x)
@@ -359,6 +264,8 @@ CIFAR_B_MAPS = {  # only 3 stages
     "all=4": {0: 4, 1: 4, 2: 4, 3: 4},
 }
 KXK = ("c", "n", "cn", "c2n")
+
+
 def ratios(strategy, Rs=(4 / 3, 2, 4)):
     """('dense',) + ((strategy, R) for R in Rs) for a role whose ratio is searched on its own."""
     return ("dense",) + tuple((strategy, R) for R in Rs)
@@ -366,7 +273,7 @@ def ratios(strategy, Rs=(4 / 3, 2, 4)):
 
 FAMILIES = {
     "cifar": dict(
-        models=("resnet56", "resnet32", "resnet20"), role=role_resnet,
+        models=("cifar_resnet56", "cifar_resnet32", "cifar_resnet20"), role=role_resnet,
         A=grid(R=[{s: 2 for s in range(4)}], kxk=KXK, stem=("dense",) + KXK, fc=("dense", "r")),
         B=grid(R=list(CIFAR_B_MAPS), **{"kxk@2": KXK, "kxk@4": KXK}, stem=("dense", "c", "n"),
                fc=("dense", "r"))),
@@ -401,38 +308,81 @@ FAMILIES = {
 }
 
 
-def layer_spec(r, role_fn, plan, bmaps):
-    role, st = role_fn(r)
-    Rmap = plan["R"]
-    if isinstance(Rmap, str):
-        Rmap = bmaps[Rmap]
-    R = Rmap if isinstance(Rmap, (int, float)) else Rmap.get(st, Rmap[max(Rmap)]) if st is not None else Rmap[max(Rmap)]
-    strat = plan.get(f"{role}@{R:g}", plan.get(role, "dense"))
-    if isinstance(strat, tuple):  # (strategy, role-specific ratio)
-        strat, R = strat
-    if r["kind"] == "fc":
-        return None if strat == "dense" else ("r", max(1, round(r["Q"] / R)))
-    return conv_spec(r, strat, R)
+class Planner:
+    """One model under the plans of one family: the layers grouped by (role, stage), the
+    distinct (layer, spec) pairs met so far and their costs per convention.
 
+    ``ids(plan)`` maps a plan to one entry per layer; ``total(ids, ...)`` sums their costs with
+    numpy, so the grid's thousands of plans cost a table look-up each."""
 
-def evaluate(rows, params, role_fn, plan, h1, bn_folded, bmaps, cache):
-    tot = np.zeros(3)
-    dense_params = 0
-    decomposed = set()
-    for r in rows:
-        if r["kind"] == "bn":
-            continue
-        spec = layer_spec(r, role_fn, plan, bmaps)
-        key = (r["name"], spec, h1)
-        if key not in cache:
-            cache[key] = fc_cost(r, spec[1] if spec else None) if r["kind"] == "fc" else conv_cost(r, spec, h1)
-        tot += cache[key]
-        if spec is not None:
-            decomposed.add(r["name"])
-    for r in rows:
-        if r["kind"] == "bn" and not (bn_folded and r.get("owner") in decomposed):
-            tot += bn_cost(r)
-    return tot
+    def __init__(self, profile: Profile, role_fn, bmaps):
+        self.profile, self.bmaps = profile, bmaps
+        self.roles = [role_fn(lay.name, lay.module) for lay in profile.layers]
+        self.groups: dict[tuple, list[int]] = {}
+        for i, role in enumerate(self.roles):
+            self.groups.setdefault(role, []).append(i)
+        self.entries: list[tuple[int, object]] = []  # (layer index, spec)
+        self._entry_id: dict[tuple, int] = {}
+        self._ids: dict[tuple, np.ndarray] = {}  # (group, strategy, R) -> entry ids of its layers
+        self._tables: dict[tuple, np.ndarray] = {}  # (pooled_map, BN folded) -> (entries, 3) costs
+        owned = {}  # layer name -> cost of the BN right after it
+        for cost, owner in profile.bn:
+            owned[owner] = owned.get(owner, 0) + cost
+        self._owned = [owned.get(lay.name, np.zeros(3, dtype=np.int64)) for lay in profile.layers]
+        self._base = profile.other + sum(cost for cost, _ in profile.bn)
+
+    def strategy(self, role, plan):
+        """(strategy, ratio) of the layers with ``role = (role name, stage)`` under ``plan``."""
+        role, st = role
+        Rmap = plan["R"]
+        if isinstance(Rmap, str):
+            Rmap = self.bmaps[Rmap]
+        R = Rmap if isinstance(Rmap, (int, float)) else Rmap.get(st, Rmap[max(Rmap)]) if st is not None else Rmap[max(Rmap)]
+        strat = plan.get(f"{role}@{R:g}", plan.get(role, "dense"))
+        if isinstance(strat, tuple):  # (strategy, role-specific ratio)
+            strat, R = strat
+        return strat, R
+
+    def _entry(self, i, spec) -> int:
+        key = (i, spec)
+        if key not in self._entry_id:
+            self._entry_id[key] = len(self.entries)
+            self.entries.append(key)
+        return self._entry_id[key]
+
+    def ids(self, plan) -> np.ndarray:
+        parts = []
+        for role, idx in self.groups.items():
+            key = (role, *self.strategy(role, plan))
+            if key not in self._ids:
+                self._ids[key] = np.array([self._entry(i, conv_spec(self.profile.layers[i].module, *key[1:]))
+                                           for i in idx], dtype=np.int64)  # fmt: skip
+            parts.append(self._ids[key])
+        return np.concatenate(parts)
+
+    def specs(self, plan) -> list:
+        """The spec of every layer (execution order) under ``plan``."""
+        out = [None] * len(self.profile.layers)
+        for e in self.ids(plan):
+            i, spec = self.entries[e]
+            out[i] = spec
+        return out
+
+    def _table(self, pooled_map, folded):
+        n = len(self.entries)
+        key = (pooled_map, folded)
+        if key not in self._tables or len(self._tables[key]) < n:
+            rows = []
+            for i, spec in self.entries:
+                cost = self.profile.cost(self.profile.layers[i], spec, pooled_map)
+                rows.append(cost - self._owned[i] if folded and spec is not None else cost)
+            self._tables[key] = np.array(rows, dtype=np.int64).reshape(n, 3)
+        return self._tables[key]
+
+    def total(self, ids, pooled_map, bn_folded) -> np.ndarray:
+        """(adds, mults, params) of the model with the layers' entries ``ids``: their costs, the
+        BNs (less those after a decomposed conv when ``bn_folded``) and any other parameters."""
+        return self._table(pooled_map, bn_folded)[ids].sum(0) + self._base
 
 
 def describe(plan):
@@ -440,85 +390,130 @@ def describe(plan):
                      for k, v in plan.items())
 
 
+def paper(arch, ver=None):
+    row = paper_row(arch, ver)
+    return np.array([row.adds, row.mults, row.params], dtype=float)
+
+
+def check(planner_of, best, n_random, seed=0):
+    """Per-layer sums vs ``count_ops`` of the whole structurized + decomposed model (CPU), for
+    ``n_random`` random plans and the best one (``best[family, version]``) of each family/version."""
+    rng = random.Random(seed)
+    bad = checked = 0
+    for fam, spec in FAMILIES.items():
+        for ver in ("A", "B"):
+            if ver not in spec:
+                continue
+            plans = spec[ver]
+            for plan in rng.sample(plans, min(n_random, len(plans))) + [best[fam, ver]]:
+                for m in spec["models"]:
+                    planner = planner_of(fam, m)
+                    specs = planner.specs(plan)
+                    overrides = {lay.name: s for lay, s in zip(planner.profile.layers, specs)}
+                    model = sc.structurize(create_model(m), overrides=overrides, inplace=True)
+                    if any(s is not None for s in specs):
+                        model = sc.decompose(model, inplace=True, on_unstructured="ignore")
+                    for pooled_map in ("paper", "executed"):
+                        ours = planner.total(planner.ids(plan), pooled_map, False)
+                        rep = sc.count_ops(model, planner.profile.shape, pooled_map=pooled_map)
+                        whole = np.array([rep.adds, rep.mults, rep.params], dtype=np.int64)
+                        ok = bool((whole == ours).all())
+                        bad += not ok
+                        checked += 1
+                        print(f"   {'ok ' if ok else 'BAD'} {m}-{ver} [{pooled_map}] per-layer {ours.tolist()} "
+                              f"whole model {whole.tolist()}  rule: {describe(plan)}", flush=True)
+    print(f"== --check: {checked - bad}/{checked} per-layer sums equal count_ops of the whole model")
+    return bad == 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--top", type=int, default=1, help="show the K best rules per family")
     ap.add_argument("--convention", type=int, default=0, choices=range(-1, 4),
                     help="rank under this counting convention (index into CONVENTIONS; default 0 = "
-                         "exact padded sum-pool, BN kept); -1 = best over all conventions")
+                         "paper pooled map, BN kept); -1 = best over all conventions")
     ap.add_argument("--verbose", action="store_true", help="print per-layer specs of the best rule")
+    ap.add_argument("--check", type=int, nargs="?", const=2, default=0, metavar="N",
+                    help="then check N random plans (default 2) and the best one per family/version: per-layer "
+                         "sums vs count_ops of the whole structurized + decomposed model; exit 1 on a mismatch")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
     t0 = time.time()
-    cache_rows = {}
+    profiles: dict[str, Profile] = {}
+    planners: dict[tuple, Planner] = {}
 
-    def rows_of(m):
-        if m not in cache_rows:
-            cache_rows[m] = extract(m)
-        return cache_rows[m]
+    def profile_of(m):
+        if m not in profiles:
+            profiles[m] = Profile(m)
+        return profiles[m]
 
-    print("== Baselines (paper convention: conv mults C*N1*N2*Cout*H'W', adds (C*N1*N2-1)*Cout*H'W', "
-          "BN 1 add + 1 mult per element, Linear PQ mults / PQ adds incl. bias)")
+    def planner_of(fam, m):
+        if (fam, m) not in planners:
+            spec = FAMILIES[fam]
+            planners[fam, m] = Planner(profile_of(m), spec["role"], CIFAR_B_MAPS if fam == "cifar" else RN_B_MAPS)
+        return planners[fam, m]
+
+    print("== Baselines (structconv.count_ops, paper accounting: conv mults C*N1*N2*Cout*H'W', adds "
+          "(C*N1*N2-1)*Cout*H'W', BN 1 add + 1 mult per element, Linear PQ mults / PQ adds incl. bias)")
     print(f"{'model':28s} {'adds':>10s} {'mults':>10s} {'params':>10s}   gaps vs paper (%)")
-    for m in ("resnet56", "resnet32", "resnet20", "resnet18", "resnet34", "resnet50", "mobilenet_v2",
-              "efficientnet_b1", "efficientnet_b1@224", "hrnet_w18_small_v2_seg"):
-        rows, params = rows_of(m)
-        b = baseline(rows, params)
-        ref = np.array(PAPER[(m.split("@")[0], "base")])
+    for m in BASELINES:
+        b = profile_of(m).base
+        ref = paper(m.partition("@")[0])
         print(f"{m:28s} {b[0]:10.4g} {b[1]:10.4g} {b[2]:10.4g}   " +
               " ".join(f"{g:+6.2f}" for g in 100 * (b / ref - 1)))
 
     summary = []
     conv_table = {}
+    best = {}
     for fam, spec in FAMILIES.items():
-        bmaps = CIFAR_B_MAPS if fam == "cifar" else RN_B_MAPS
         for ver in ("A", "B"):
             if ver not in spec:
                 continue
-            plans = list(spec[ver])
-            results = []
-            cache = {}
-            for h1 in ("pad", "out"):
-                for bn_folded in (False, True):
-                    for plan in plans:
-                        errs, tots = [], []
-                        for m in spec["models"]:
-                            rows, params = rows_of(m)
-                            t = evaluate(rows, params, spec["role"], plan, h1, bn_folded, bmaps, cache)
-                            tots.append(t)
-                            errs.append(t / np.array(PAPER[(m, ver)]) - 1)
-                        errs = np.array(errs)
-                        results.append((np.abs(errs).max(), np.abs(errs).mean(), plan, h1, bn_folded, tots, errs))
-            results.sort(key=lambda x: (round(x[0], 4), x[1]))
+            plans = spec[ver]
+            refs = [paper(m, ver) for m in spec["models"]]
+            by_conv = {conv: [] for conv in CONVENTIONS}
+            for plan in plans:
+                ids = [planner_of(fam, m).ids(plan) for m in spec["models"]]
+                for conv in CONVENTIONS:
+                    tots = [planner_of(fam, m).total(e, *conv) for m, e in zip(spec["models"], ids)]
+                    errs = np.array([t / ref - 1 for t, ref in zip(tots, refs)])
+                    by_conv[conv].append((np.abs(errs).max(), np.abs(errs).mean(), plan, *conv, tots, errs))
+            key = lambda x: (round(x[0], 4), x[1])  # noqa: E731
+            results = sorted((x for conv in CONVENTIONS for x in by_conv[conv]), key=key)
             for conv in CONVENTIONS:
-                best = min((x for x in results if (x[3], x[4]) == conv), key=lambda x: (round(x[0], 4), x[1]))
-                conv_table.setdefault((fam, ver), {})[conv] = best
+                conv_table.setdefault((fam, ver), {})[conv] = min(by_conv[conv], key=key)
             if args.convention >= 0:
                 results = [x for x in results if (x[3], x[4]) == CONVENTIONS[args.convention]]
-            for rank, (mx, mean, plan, h1, bnf, tots, errs) in enumerate(results[: args.top]):
+            best[fam, ver] = results[0][2]
+            for rank, (mx, mean, plan, pooled_map, bnf, tots, errs) in enumerate(results[: args.top]):
                 print(f"\n== {fam} {ver} rank {rank + 1}: max|gap| {100 * mx:.1f}%  mean {100 * mean:.1f}%  "
-                      f"[H1={h1}, BN after decomposed conv {'folded' if bnf else 'counted'}]")
+                      f"[pooled map={pooled_map}, BN after decomposed conv {'folded' if bnf else 'counted'}]")
                 print("   rule:", describe(plan))
-                for m, t, e in zip(spec["models"], tots, errs):
-                    ref = PAPER[(m, ver)]
+                for m, t, e, ref in zip(spec["models"], tots, errs, refs):
                     print(f"   {m}-{ver:1s}  ours {t[0]:.4g}/{t[1]:.4g}/{t[2]:.4g}  paper {ref[0]:.4g}/{ref[1]:.4g}/{ref[2]:.4g}"
                           f"  gap " + " ".join(f"{g:+5.1f}%" for g in 100 * e))
                     if rank == 0:
                         summary.append((m, ver, t, ref, e))
                 if args.verbose and rank == 0:
-                    rows, _ = rows_of(spec["models"][0])
-                    for r in rows:
-                        if r["kind"] != "bn":
-                            print("     ", r["name"], spec["role"](r), layer_spec(r, spec["role"], plan, bmaps))
+                    planner = planner_of(fam, spec["models"][0])
+                    for lay, role, s in zip(planner.profile.layers, planner.roles, planner.specs(plan)):
+                        print("     ", lay.name, role, s)
     print("\n== Summary (best rule per family; adds / mults / params; gap = ours/paper - 1)")
     print(f"{'model':26s} {'ver':3s} {'adds':>9s} {'paper':>9s} {'gap':>7s} {'mults':>9s} {'paper':>9s} {'gap':>7s} {'params':>9s} {'paper':>9s} {'gap':>7s}")
     for m, ver, t, ref, e in summary:
         print(f"{m:26s} {ver:3s} " + " ".join(f"{t[i]:9.4g} {ref[i]:9.4g} {100 * e[i]:+6.1f}%" for i in range(3)))
-    print("\n== Best max|gap| per family under each counting convention (H1, BN after decomposed conv)")
-    print(f"{'family':18s} " + " ".join(f"{h}/{'folded' if b else 'counted':8s}" for h, b in CONVENTIONS))
+    print("\n== Best max|gap| per family under each counting convention (pooled map, BN after decomposed conv)")
+    print(f"{'family':18s} " + " ".join(f"{p[:5] + '/' + ('folded' if b else 'counted'):>14s}" for p, b in CONVENTIONS))
     for (fam, ver), d in conv_table.items():
         print(f"{fam + ' ' + ver:18s} " + " ".join(f"{100 * d[c][0]:13.1f}%" for c in CONVENTIONS))
     print(f"\n(done in {time.time() - t0:.1f}s)")
+    if args.check:
+        t1 = time.time()
+        print(f"\n== --check: {args.check} random plan(s) and the best per family/version, both pooled maps, "
+              "BN counted")
+        ok = check(planner_of, best, args.check)
+        print(f"(check done in {time.time() - t1:.1f}s)")
+        if not ok:
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":
