@@ -4,6 +4,8 @@ from torch import nn
 
 import structconv as sc
 
+from .conftest import rel_err
+
 
 def explicit_term(layer) -> torch.Tensor:
     """||(I - A A^+) W||_F / ||W||_F with A built explicitly and torch.linalg.pinv (Eq. 3)."""
@@ -147,3 +149,59 @@ def test_half_layers_with_tiny_weights_read_their_true_error(dtype):
         w = m.weight.detach().double().requires_grad_(True)
         want = torch.autograd.grad(kronecker_term(m, w), w)[0]
         assert float((m.weight.grad.double() - want).norm() / want.norm()) < 4 * torch.finfo(dtype).eps
+
+
+def _net():
+    torch.manual_seed(0)
+    return sc.structurize(nn.Sequential(nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+                                        nn.Linear(8 * 3 * 3, 5)), 2.0)  # fmt: skip
+
+
+def test_normalized_gradient_is_a_per_layer_scaled_eq3_gradient():
+    from structconv.regularizer import add_normalized_regularization_grad_
+
+    model = _net()
+    x, y = torch.randn(4, 6, 7, 7), torch.randint(0, 5, (4,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    layers = [m for m in model.modules() if isinstance(m, sc.StructuredLayer)]
+    task = {m: m.weight.grad.clone() for m in layers}
+    # the reference: autograd of each layer's own Eq. 3 term, scaled by the rule written out
+    expected = {}
+    for m in layers:
+        w = m.weight.detach().clone().requires_grad_(True)
+        term = torch.linalg.vector_norm(m.basis.residual(w)) / torch.linalg.vector_norm(w)
+        (grad,) = torch.autograd.grad(term, w)
+        e = float(term)
+        push = (1 - e * e) ** 0.5 / float(torch.linalg.vector_norm(w))
+        off = float(torch.linalg.vector_norm(m.basis.residual(task[m])))
+        expected[m] = task[m] + max(0.5, 3.0 * off / push) * grad
+    worst = add_normalized_regularization_grad_(model, lam=0.5, kappa=3.0)
+    assert worst == pytest.approx(max(m.structure_error() for m in layers), rel=1e-5)
+    for m in layers:
+        assert rel_err(m.weight.grad, expected[m]) < 1e-5
+    # kappa = 0 leaves lam * Eq. 3, the paper's gradient
+    model.zero_grad()
+    model2 = _net()
+    (0.7 * sc.structural_regularization(model2)).backward()
+    for m in layers:
+        m.weight.grad = torch.zeros_like(m.weight)
+    add_normalized_regularization_grad_(model, lam=0.7, kappa=0.0)
+    for a, b in zip(layers, [m for m in model2.modules() if isinstance(m, sc.StructuredLayer)]):
+        assert rel_err(a.weight.grad, b.weight.grad) < 1e-5
+
+
+def test_projected_sgd_stays_structured():
+    from structconv.regularizer import project_gradients_, project_weights_
+
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    x, y = torch.randn(4, 6, 7, 7), torch.randint(0, 5, (4,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()  # momentum buffers now hold unstructured directions
+    project_weights_(model, opt)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        project_gradients_(model)
+        opt.step()
+    assert max(sc.structure_errors(model).values()) < 1e-5

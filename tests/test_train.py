@@ -69,7 +69,9 @@ def test_finetune_from_a_dense_checkpoint(tmp_path, fmnist, capsys):
     base = results(tmp_path / "base")
     assert base["accuracy_after_decomposition"] is None and base["struct"] is None
     ckpt = tmp_path / "base" / "model.pth"
-    assert train(tmp_path / "ft", fmnist, "--mode", "finetune", "--init-from", str(ckpt), "--max-steps", "2") == 0
+    # without the projected finish, so the weights show where fine-tuning started
+    assert train(tmp_path / "ft", fmnist, "--mode", "finetune", "--init-from", str(ckpt), "--max-steps", "2",
+                 "--projected-fraction", "0") == 0  # fmt: skip
     dense_w = read_checkpoint(ckpt)["state_dict"]["layer1.0.conv1.weight"]
     assert results(tmp_path / "ft")["steps"] == 2
     # fine-tuning started from the dense weights: one conv barely moved in 2 steps
@@ -120,3 +122,15 @@ def test_bad_input_is_a_clear_error(tmp_path, fmnist, capsys, monkeypatch):
     assert train(tmp_path / "o2", fmnist, "--resume") == 2
     assert "does not exist" in capsys.readouterr().err
     assert train(tmp_path / "o3", fmnist, "--mode", "baseline", "--struct", "A") == 2
+
+
+def test_default_recipe_ends_structured_and_paper_recipe_is_kept(tmp_path, fmnist):
+    assert train(tmp_path / "new", fmnist, "--mode", "sr", "--struct", "A", "--max-steps", "8") == 0
+    new = results(tmp_path / "new")
+    assert new["structure_error_max"] < 1e-5  # the projected finish: exact whatever the budget
+    assert new["accuracy_before_decomposition"] == new["accuracy_after_decomposition"]
+    assert train(tmp_path / "paper", fmnist, "--mode", "sr", "--struct", "A", "--max-steps", "8", "--sr", "eq3",
+                 "--projected-fraction", "0") == 0  # fmt: skip
+    paper = results(tmp_path / "paper")
+    assert paper["structure_error_max"] > 1e-2  # 8 steps of Eq. 3 do not converge
+    assert paper["args"]["sr"] == "eq3" and new["args"]["sr"] == "normalized"

@@ -49,7 +49,13 @@ from .layers import DecomposedLayer, StructuredLayer, deorthonormalize_, orthono
 from .layers.conv import _DECOMPOSED, _StructuredConvNd
 from .layers.linear import DecomposedLinear, StructuredLinear
 from .models import create_model, structurize_model
-from .regularizer import structural_regularization, structure_errors
+from .regularizer import (
+    add_normalized_regularization_grad_,
+    project_gradients_,
+    project_weights_,
+    structural_regularization,
+    structure_errors,
+)
 from .serialization import read_checkpoint, save
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
 ]  # fmt: skip
 
 MODES = ("baseline", "sr", "control", "direct", "finetune")
+SR_RECIPES = ("normalized", "eq3")
 CHECKPOINT = "checkpoint.pth"
 #: files a run writes into its output directory
 RUN_FILES = (CHECKPOINT, "model.pth", "model_decomposed.pth", "results.json", "metrics.csv", "log.jsonl")
@@ -82,6 +89,15 @@ class TrainConfig:
     struct: str | None = None
     ratio: float | None = None
     lam: float = 1.0
+    # The recipe of Step 1 (sr / finetune): "normalized" weights each layer's Eq. 3 term so it
+    # beats the task off the structured subspace (regularizer.add_normalized_regularization_grad_),
+    # with kappa ramped up over the first kappa_ramp of the steps, then trains the last
+    # projected_fraction of the steps in the projected form; sr="eq3" with projected_fraction=0
+    # is the paper's recipe (loss + lam * Eq. 3).
+    sr: str = "normalized"
+    kappa: float = 2.0
+    kappa_ramp: float = 0.5
+    projected_fraction: float = 0.05
     init_from: str | None = None
     pretrained: bool = False
     # data
@@ -145,6 +161,10 @@ class TrainConfig:
         if self.ratio is not None:
             _number(self.ratio, "--ratio", low=1.0)
         _number(self.lam, "--lam", low=0.0)
+        _choice(self.sr, "--sr", SR_RECIPES)
+        _number(self.kappa, "--kappa", low=0.0)
+        _number(self.kappa_ramp, "--kappa-ramp", low=0.0, high=1.0)
+        _number(self.projected_fraction, "--projected-fraction", low=0.0, high=1.0, high_strict=True)
         if self.mode == "finetune" and not self.init_from:
             raise ValueError("--mode finetune needs --init-from DENSE_CHECKPOINT (e.g. a baseline run's model.pth)")
         if self.init_from and self.mode != "finetune":
@@ -417,6 +437,8 @@ class _Run:
     history: list
     say: object
     teacher: nn.Module | None = None
+    projected_from: int | None = None  # the step where the projected phase starts (None: never)
+    projected: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -472,19 +494,29 @@ def train_one_epoch(run: _Run, train_ds, sampler, stop: _StopOnSignal, progress=
         images, targets = images.to(run.ctx.device), targets.to(run.ctx.device)
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if run.projected_from is not None and not run.projected and state["global_step"] >= run.projected_from:
+            project_weights_(run.model, run.optimizer)  # also on resume: idempotent on projected weights
+            run.projected = True
         run.ddp_model.train()
         logits = run.ddp_model(images)
         task = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
         loss = task
         if run.teacher is not None:
             loss = (1 - config.distill) * task + config.distill * _distillation(logits, images, run.teacher, config)
-        reg = structural_regularization(run.model) if run.use_reg else task.new_zeros(())
-        if run.use_reg:
+        eq3 = run.use_reg and config.sr == "eq3" and not run.projected
+        reg = structural_regularization(run.model) if eq3 else task.new_zeros(())
+        if eq3:
             loss = loss + lam * reg
         if not torch.isfinite(loss):
             raise ValueError(f"loss became {loss.item()} at step {state['global_step']}; lower --lr or --lam")
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if run.projected:
+            project_gradients_(run.model)
+        elif run.use_reg and config.sr == "normalized":
+            ramp = min(1.0, state["global_step"] / (config.kappa_ramp * run.total_steps)) if config.kappa_ramp else 1.0
+            worst = add_normalized_regularization_grad_(run.model, lam=lam, kappa=config.kappa * ramp)
+            reg = task.new_tensor(worst)  # logged: the largest structure error before this step
         run.optimizer.step()
         run.scheduler.step()
         state["global_step"] += 1
@@ -505,6 +537,8 @@ def train_one_epoch(run: _Run, train_ds, sampler, stop: _StopOnSignal, progress=
         stop_after = bool(config.stop_after) and state["steps_this_run"] >= config.stop_after
         periodic = bool(config.ckpt_every) and state["global_step"] % config.ckpt_every == 0
         if epoch_done or finished or periodic or stop_after or stop.requested:
+            if run.projected:
+                project_weights_(run.model)  # float drift off the subspace, removed where the run is saved
             state["train_seconds"] += time.perf_counter() - tic
             if epoch_done:
                 state["epoch"] += 1
@@ -662,14 +696,19 @@ def _train(config: TrainConfig, ctx, model: nn.Module | None, teacher: nn.Module
         state = {k: ckpt[k] for k in state}
         history = list(ckpt.get("history", []))
     state["steps_this_run"] = 0
+    projected_from = None
+    if use_reg and config.projected_fraction > 0:
+        projected_from = total_steps - max(1, round(config.projected_fraction * total_steps))
     is_main = ctx.rank == 0
     say = (lambda *a: print(*a, flush=True)) if (is_main and not config.quiet) else (lambda *a: None)
     eval_loader = DataLoader(test_ds, batch_size=max(256, config.batch_size), shuffle=False, num_workers=config.workers)
     run = _Run(config, ctx, out_dir, model, dist_utils.wrap(model, ctx), optimizer, scheduler, info, steps_per_epoch,
                total_steps, use_reg, RunLog(out_dir, is_main, config.tensorboard), eval_loader, state, history, say,
-               teacher)  # fmt: skip
+               teacher, projected_from)  # fmt: skip
     if ckpt is None:
-        lam = f", lam={config.effective_lam:g}" if use_reg else ""
+        lam = f", lam={config.effective_lam:g}, {config.sr} SR" if use_reg else ""
+        if projected_from is not None:
+            lam += f", projected from step {projected_from}"
         say(f"training {config.arch} ({config.mode}{lam}) on {info.name} {'x'.join(map(str, info.input_size))}: "
             f"{total_steps} steps of {config.batch_size}x{ctx.world_size} images")  # fmt: skip
     else:

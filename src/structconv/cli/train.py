@@ -19,6 +19,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--struct", choices=["A", "B"], help="the paper's Struct-A/B plan (default A unless --ratio)")
     g.add_argument("--ratio", type=finite_float, help="uniform compression ratio instead of a Struct plan")
     p.add_argument("--lam", type=finite_float, default=1.0, help="lambda of the Structural Regularization loss (Eq. 3)")
+    p.add_argument("--sr", choices=("normalized", "eq3"), default="normalized",
+                   help="Step 1 recipe: 'normalized' weights each layer's Eq. 3 term to beat the task off the "
+                        "structured subspace (every layer converges, whatever its width); 'eq3' is the paper's "
+                        "loss + lam * Eq. 3 (with --projected-fraction 0: the paper's recipe exactly)")
+    p.add_argument("--kappa", type=finite_float, default=2.0,
+                   help="normalized SR: each layer's push toward the structure is at least kappa times the task's")
+    p.add_argument("--kappa-ramp", type=finite_float, default=0.5, help="kappa ramps up over this fraction of steps")
+    p.add_argument("--projected-fraction", type=finite_float, default=0.05,
+                   help="train the last fraction of the steps projected (structure error 0 at the end; 0: off)")
     p.add_argument("--init-from", help="dense checkpoint to fine-tune (mode finetune)")
     p.add_argument("--pretrained", action="store_true", help="start from torchvision/timm weights (needs network)")
     # data
