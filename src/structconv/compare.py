@@ -236,9 +236,15 @@ def _run_one(study: _Study, run: Run) -> dict:
     """Train ``run`` (or keep its finished results, or resume it); returns its results."""
     out = study.run_dir(run)
     done = out / "results.json"
-    if done.exists():
-        return json.loads(done.read_text())
     config = _train_config(study, run)
+    if done.exists():
+        results = json.loads(done.read_text())
+        wanted, had = json_safe(config.meaning()), json_safe(results.get("args", {}))
+        changed = sorted(k for k, v in wanted.items() if k in had and had[k] != v)
+        if changed:
+            raise ValueError(f"{str(done)!r} was trained with other settings ({', '.join(changed)}); move it away or "
+                             "use another --output-dir")  # fmt: skip
+        return results
     if (out / "checkpoint.pth").exists():
         config.resume = "auto"
     elif out.exists():
