@@ -332,3 +332,23 @@ def test_decompose_warns_on_unconverged_layers_and_can_refuse():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sc.decompose(structured)  # converged: silent
+
+
+def test_more_bad_inputs_found_by_trying(tmp_path, runs, capsys):
+    """Beyond the issue's list: cases found by trying more inputs the same way."""
+    model = str(runs / "sr" / "model.pth")
+    cases = [
+        (["train", "--arch", "vit_b_16", "--struct", "A", "--output-dir", str(tmp_path / "v")], "no Struct-A plan"),
+        (["compare", "--arch", "vit_b_16", "--output-dir", str(tmp_path / "c")], "no Struct-A/B plan"),
+        (["decompose", model, "-o", "/proc/structconv-test.pth"], "/proc/structconv-test.pth"),
+        (["profile", "--arch", "cifar_resnet20", "--input-size", "3", "0", "32"], "--input-size"),
+        (["bench", "--arch", "cifar_resnet20", "--ratio", "inf"], "--ratio"),
+        (["export", "--checkpoint", model, "--format", ",", "-o", str(tmp_path / "e")], "--format"),
+        (["train", "--workers", "-1", "--output-dir", str(tmp_path / "w")], "--workers"),
+        (["compare", "--seeds", "0", "--output-dir", str(tmp_path / "s")], "--seeds"),
+    ]
+    for argv, culprit in cases:
+        one_line_error(capsys, argv, culprit)
+    assert not any((tmp_path / d).exists() for d in ("v", "c", "w", "s"))
+    with pytest.raises(ValueError, match="pad=.* must have 2 entries per spatial axis"):
+        sc.sum_pool(torch.randn(1, 4, 6, 6), 2, (3, 3), pad=(1,))

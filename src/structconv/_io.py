@@ -23,8 +23,11 @@ def atomic_write(path: str | os.PathLike, write: Callable, mode: str) -> None:
     ``path``; torch's serializer reports a full disk as a ``RuntimeError``, converted here.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -39,6 +42,8 @@ def atomic_write(path: str | os.PathLike, write: Callable, mode: str) -> None:
         if isinstance(err, RuntimeError) and any(k in str(err) for k in ("inline_container", "PytorchStreamWriter", "write")):
             raise OSError(f"could not write {str(path)!r} (disk full or quota exceeded?): "
                           f"{str(err).splitlines()[0]}") from None  # fmt: skip
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+            raise OSError(err.errno, f"could not write {str(path)!r}: {err.strerror or err}") from None
         raise
 
 

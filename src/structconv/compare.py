@@ -116,6 +116,12 @@ class CompareConfig:
         if not self.latency_batches or any(not isinstance(b, int) or b < 1 for b in self.latency_batches):
             raise ValueError(f"--latency-batches {self.latency_batches!r} must be positive batch sizes")
         dataset_input_size(self.dataset, image_size=self.image_size, in_chans=self.in_chans)
+        from .models.plans import has_plan
+
+        missing = [t for t in self.targets if not has_plan(self.arch, t)]
+        if missing:
+            raise ValueError(f"--arch {self.arch!r} has no Struct-{'/'.join(missing)} plan to match (registered plans: "
+                             "structconv.models.list_models(); add one with register_model(..., plans=...))")  # fmt: skip
         if "prune" in self.expanded_methods() or "narrow" in self.expanded_methods():
             try:
                 import torch_pruning  # noqa: F401

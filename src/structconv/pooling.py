@@ -290,6 +290,10 @@ class PoolSpec:
         for name in ("dilation", "stride"):
             if len(getattr(self, name)) != nd:
                 raise ValueError(f"{name}={getattr(self, name)} must have {nd} entries (one per window axis)")
+        if self.pad and len(self.pad) != 2 * nd:
+            raise ValueError(f"pad={self.pad} must have 2 entries per spatial axis ({2 * nd}), last axis first (F.pad)")
+        if any(p < 0 for p in self.pad):
+            raise ValueError(f"pad={self.pad} must not be negative")
         # Per-axis symmetric zero padding under which a whole-spatial-pool kernel applies
         # (derived once: forward reads it on every call).
         object.__setattr__(self, "kernel_padding",

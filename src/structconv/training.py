@@ -158,6 +158,12 @@ class TrainConfig:
             raise ValueError("--mode baseline trains the dense model; drop --struct/--ratio or pick --mode sr")
         if self.struct and self.ratio:
             raise ValueError("give --struct or --ratio, not both")
+        if self.effective_struct is not None:
+            from .models.plans import has_plan
+
+            if not has_plan(self.arch, self.effective_struct):
+                raise ValueError(f"--arch {self.arch!r} has no Struct-{self.effective_struct} plan; use --ratio R for a "
+                                 "uniform compression (or register a plan: docs/architecture.md)")  # fmt: skip
         if self.ratio is not None:
             _number(self.ratio, "--ratio", low=1.0)
         _number(self.lam, "--lam", low=0.0)
