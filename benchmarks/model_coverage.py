@@ -181,7 +181,7 @@ def reinit_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def shrink_(model: nn.Module, x: torch.Tensor, *, keep: int = 1) -> int:
+def shrink_(model: nn.Module, x: torch.Tensor, *, keep: int = 2) -> int:
     """Drop repeated blocks that keep their input's shape, keeping the first ``keep`` of each
     run: in every ``nn.Sequential`` / ``nn.ModuleList`` whose children share one type, a child
     past position ``keep`` that ran once with output shape == input shape is removed.  Returns
@@ -400,18 +400,22 @@ def _reparameterize_check(decomposed: nn.Module, x) -> dict | None:
 # ------------------------------------------------------------------------------------------
 # Sweep driver
 # ------------------------------------------------------------------------------------------
-def worker(spec: str, mem_gb: float) -> dict:
+def worker(spec: str, mem_gb: float, full: bool = False) -> dict:
     import resource
 
     limit = int(mem_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.set_num_threads(1)
     source, name = spec.split(":", 1)
-    rec: dict = {"source": source, "name": name}
+    rec: dict = {"source": source, "name": name, "mode": "full" if full else "shrunk"}
     t = time.perf_counter()
     try:
         torch.manual_seed(0)
-        model, size = smallest_input(source, name)
+        if full:
+            model, size = smallest_input(source, name)
+        else:
+            model, size, info = cheap_model(source, name, max_params=0)
+            rec.update(full_params=info["params"], removed_blocks=info["removed_blocks"])
         rec["t_build"] = time.perf_counter() - t
         rec.update(check_model(model, size, inplace=True))
     except BaseException as err:  # noqa: BLE001 - MemoryError included
@@ -422,9 +426,10 @@ def worker(spec: str, mem_gb: float) -> dict:
     return rec
 
 
-def _run_child(spec: str, mem_gb: float, timeout: float) -> dict:
+def _run_child(spec: str, mem_gb: float, timeout: float, full: bool) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", spec, "--mem-gb", str(mem_gb)]
+    cmd += ["--full"] if full else []
     source, name = spec.split(":", 1)
     t = time.perf_counter()
     try:
@@ -518,10 +523,14 @@ def main(argv=None) -> int:
     p.add_argument("--mem-gb", type=float, default=12.0, help="address-space cap per child")
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--out", default=str(HERE / "results" / "model_coverage"))
+    p.add_argument("--full", action="store_true",
+                   help="build each model with its own init and all its blocks (default: cheap_model with every "
+                        "repeated shape-preserving block past the second dropped, max_params=0)")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="keep the models already in the JSON, run the others")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.mem_gb), default=str), flush=True)
+        print(json.dumps(worker(args.worker, args.mem_gb, args.full), default=str), flush=True)
         return 0
     specs = all_models()
     if args.source:
@@ -530,27 +539,16 @@ def main(argv=None) -> int:
         specs = [s for s in specs if s[1] in args.only]
     from concurrent.futures import ThreadPoolExecutor
 
-    records: dict[str, dict] = {}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     existing = {}
-    if out.with_suffix(".json").exists() and (args.only or args.source):
+    if out.with_suffix(".json").exists() and (args.only or args.source or args.resume):
         for r in json.loads(out.with_suffix(".json").read_text())["models"]:
             existing[f"{r['source']}:{r['name']}"] = r
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {f"{s}:{n}": pool.submit(_run_child, f"{s}:{n}", args.mem_gb, args.timeout) for s, n in specs}
-        for spec, fut in futures.items():
-            r = fut.result()
-            records[spec] = r
-            det = r.get("detected", {})
-            print(f"{spec:45s} today={_status(r.get('today')):22s} detected={_status(det):22s} "
-                  f"{r.get('failure', '')[:60]} {r.get('t_total', 0):7.1f}s {r.get('peak_rss_mb', 0):6.0f}MB",
-                  flush=True)  # fmt: skip
-    existing.update(records)
+    if args.resume:
+        specs = [s for s in specs if f"{s[0]}:{s[1]}" not in existing]
     order = {f"{s}:{n}": i for i, (s, n) in enumerate(all_models())}
-    final = sorted(existing.values(), key=lambda r: order.get(f"{r['source']}:{r['name']}", 1 << 30))
-    summary = summarize(final)
-    meta = {"torch": torch.__version__, "tolerance": TOL, "ratio": 2.0}
+    meta = {"torch": torch.__version__, "tolerance": TOL, "ratio": 2.0, "mode": "full" if args.full else "shrunk"}
     try:
         import timm
         import torchvision
@@ -558,10 +556,27 @@ def main(argv=None) -> int:
         meta.update(torchvision=torchvision.__version__, timm=timm.__version__)
     except ImportError:
         pass
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "models": final},
-                                                   indent=1, default=str))  # fmt: skip
-    out.with_suffix(".md").write_text(markdown(final, summary))
-    print(json.dumps(summary, indent=1))
+
+    def write() -> dict:
+        final = sorted(existing.values(), key=lambda r: order.get(f"{r['source']}:{r['name']}", 1 << 30))
+        summary = summarize(final)
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "models": final},
+                                                       indent=1, default=str))  # fmt: skip
+        out.with_suffix(".md").write_text(markdown(final, summary))
+        return summary
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {f"{s}:{n}": pool.submit(_run_child, f"{s}:{n}", args.mem_gb, args.timeout, args.full)
+                   for s, n in specs}  # fmt: skip
+        for spec, fut in futures.items():
+            r = fut.result()
+            existing[spec] = r
+            det = r.get("detected", {})
+            print(f"{spec:45s} today={_status(r.get('today')):22s} detected={_status(det):22s} "
+                  f"{r.get('failure', '')[:60]} {r.get('t_total', 0):7.1f}s {r.get('peak_rss_mb', 0):6.0f}MB",
+                  flush=True)  # fmt: skip
+            write()
+    print(json.dumps(write(), indent=1))
     return 0
 
 
