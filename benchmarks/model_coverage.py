@@ -145,9 +145,28 @@ def _takes_size(source: str, name: str, size: int) -> bool:
     return _TAKES_SIZE.get((source, name), True)
 
 
-def big_linear_filter(module: nn.Module, name: str) -> bool:
-    """``filter_fn`` leaving Linear layers with more than 8192 inputs dense (VGG's classifier)."""
-    return not (isinstance(module, nn.Linear) and module.in_features > MAX_LINEAR_IN)
+def layer_width(module: nn.Module) -> int:
+    """Length of the channel axis the structure pools over: ``in_features`` or ``in_channels / groups``."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return module.in_channels // module.groups
+
+
+def width_filter(max_width: int | None = None):
+    """``filter_fn`` leaving dense the layers wider than ``max_width`` (and always Linear layers
+    with more than 8192 inputs, VGG's classifier, whose dense projection does not fit in memory).
+    Today every distinct width costs an eigendecomposition and ``out x width^2`` GEMMs in
+    float64 (minutes at 4096 on one shared core); a linear-time closed form is on its way."""
+
+    def keep(module: nn.Module, name: str) -> bool:
+        if isinstance(module, nn.Linear) and module.in_features > MAX_LINEAR_IN:
+            return False
+        return max_width is None or layer_width(module) <= max_width
+
+    return keep
+
+
+big_linear_filter = width_filter(None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -233,15 +252,15 @@ def cheap_model(source: str, name: str, *, max_params: int = 40_000_000, sizes=S
     if params > max_params:
         x = torch.randn(1, 3, size, size)
         out_shape = [t.shape for t in pytree.tree_leaves(_forward(model, x)) if isinstance(t, torch.Tensor)]
-        full = copy.deepcopy(model)
         info["removed_blocks"] = shrink_(model, x)
         try:
             ok = [t.shape for t in pytree.tree_leaves(_forward(model, x)) if isinstance(t, torch.Tensor)] == out_shape
         except Exception:  # noqa: BLE001
             ok = False
-        if not ok:
-            model, info["removed_blocks"] = full, 0
-        del full
+        if not ok:  # a container indexed by position, or zipped with another: keep every block
+            del model
+            model, size = smallest_input(source, name, build=build, dtype=torch.float32, sizes=(size,))
+            info["removed_blocks"] = 0
         info["params_checked"] = sum(p.numel() for p in model.parameters())
     reinit_(model)
     return model.double().eval(), size, info
@@ -277,8 +296,6 @@ def _category(reason: str) -> str:
         return "weight not a Parameter"
     if reason.startswith("unsupported layer type"):
         return "unsupported layer type"
-    if reason.startswith("excluded by filter_fn"):
-        return f"Linear > {MAX_LINEAR_IN} inputs (filter_fn)"
     return reason or "?"
 
 
@@ -323,12 +340,14 @@ def _where(err: BaseException) -> str:
 
 
 def check_model(model: nn.Module, size: int, *, today: bool = True, static: bool = True,
-                reparameterize: bool = True, inplace: bool = False) -> dict:  # fmt: skip
+                reparameterize: bool = True, inplace: bool = False, max_width: int | None = None) -> dict:  # fmt: skip
     """Detection + conversion of one float64 eval-mode model on a ``1 x 3 x size x size`` input.
 
     ``today``: also convert with the plan as it is (when it differs from the detected one).
     ``inplace``: the last conversion may consume ``model`` (saves a copy of a big model).
+    ``max_width``: leave layers wider than this dense (see :func:`width_filter`).
     """
+    filter_fn = width_filter(max_width)
     torch.manual_seed(0)
     x = torch.randn(1, 3, size, size, dtype=torch.float64)
     rec: dict = {"input": size, "params": sum(p.numel() for p in model.parameters())}
@@ -349,15 +368,24 @@ def check_model(model: nn.Module, size: int, *, today: bool = True, static: bool
             rec["static"] = {"traceable": True, "agrees": set(stat) == set(unsafe),
                              "only_dynamic": sorted(set(unsafe) - set(stat))[:5],
                              "only_static": sorted(set(stat) - set(unsafe))[:5]}  # fmt: skip
-    base = sc.plan(model, 2.0, filter_fn=big_linear_filter)
+    base = sc.plan(model, 2.0, filter_fn=filter_fn)
     hit = [p.name for p in base.structured if p.name in unsafe]
     rec["unsafe_in_plan"] = len(hit)
-    safe = sc.plan(model, 2.0, filter_fn=big_linear_filter, overrides={n: None for n in hit}) if hit else base
+    safe = sc.plan(model, 2.0, filter_fn=filter_fn, overrides={n: None for n in hit}) if hit else base
     for entry in safe.skipped:
         if entry.name in unsafe:
             entry.reason = unsafe[entry.name]
+    filtered = [p for p in base.skipped if p.reason.startswith("excluded by filter_fn")]
+    wide = {p.name for p in filtered if isinstance(m := model.get_submodule(p.name), nn.Linear)
+            and m.in_features > MAX_LINEAR_IN}  # fmt: skip
+    rec["big_linear_filtered"] = len(wide)
+    rec["width_filtered"] = len(filtered) - len(wide)
+    for p in safe.skipped:
+        if p.name in wide:
+            p.reason = f"Linear > {MAX_LINEAR_IN} inputs"
+        elif p.reason.startswith("excluded by filter_fn"):
+            p.reason = f"wider than {max_width}"
     rec["dense_by_reason"] = dict(Counter(_category(p.reason) for p in safe.skipped))
-    rec["big_linear_filtered"] = sum(p.reason.startswith("excluded by filter_fn") for p in base.skipped)
     t = time.perf_counter()
     if hit and today:
         rec["today"] = _strip(_convert(model, base, x, inplace=False))
@@ -400,7 +428,7 @@ def _reparameterize_check(decomposed: nn.Module, x) -> dict | None:
 # ------------------------------------------------------------------------------------------
 # Sweep driver
 # ------------------------------------------------------------------------------------------
-def worker(spec: str, mem_gb: float, full: bool = False) -> dict:
+def worker(spec: str, mem_gb: float, full: bool = False, max_width: int | None = None) -> dict:
     import resource
 
     limit = int(mem_gb * 2**30)
@@ -417,7 +445,8 @@ def worker(spec: str, mem_gb: float, full: bool = False) -> dict:
             model, size, info = cheap_model(source, name, max_params=0)
             rec.update(full_params=info["params"], removed_blocks=info["removed_blocks"])
         rec["t_build"] = time.perf_counter() - t
-        rec.update(check_model(model, size, inplace=True))
+        rec["max_width"] = max_width
+        rec.update(check_model(model, size, inplace=True, max_width=max_width))
     except BaseException as err:  # noqa: BLE001 - MemoryError included
         rec["failure"] = f"{type(err).__name__}: {str(err)[:300]}"
         rec["where"] = _where(err)
@@ -426,10 +455,10 @@ def worker(spec: str, mem_gb: float, full: bool = False) -> dict:
     return rec
 
 
-def _run_child(spec: str, mem_gb: float, timeout: float, full: bool) -> dict:
+def _run_child(spec: str, mem_gb: float, timeout: float, full: bool, max_width: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", spec, "--mem-gb", str(mem_gb)]
-    cmd += ["--full"] if full else []
+    cmd += (["--full"] if full else []) + ["--max-width", str(max_width)]
     source, name = spec.split(":", 1)
     t = time.perf_counter()
     try:
@@ -481,7 +510,8 @@ def markdown(records: list[dict], summary: dict) -> str:
             f"{s['build_failures']}; fx-traceable {s['static_traceable']}, static == dynamic {s['static_agrees']}"
         )
     lines += ["", "`†` Linear layers with > 8192 inputs left dense by filter_fn (dense projection operator too "
-              "big for now).", ""]  # fmt: skip
+              "big for now). `‡` layers wider than max_width left dense (their projection costs minutes today).",
+              ""]  # fmt: skip
     head = ["source", "model", "px", "params M", "layers", "structured", "left dense (reason: n)", "today",
             "with detection", "rel err", "static", "time s", "peak MB"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -494,7 +524,7 @@ def markdown(records: list[dict], summary: dict) -> str:
             st = r.get("static", {})
             static = "n/a" if not st.get("traceable") else ("=" if st["agrees"] else "≠")
             dense = ", ".join(f"{k}: {v}" for k, v in sorted(r["dense_by_reason"].items()))
-            name = r["name"] + (" †" if r.get("big_linear_filtered") else "")
+            name = r["name"] + (" †" if r.get("big_linear_filtered") else "") + (" ‡" if r.get("width_filtered") else "")
             err = det.get("rel_err")
             cells = [r["source"], name, str(r["input"]), f"{r['params'] / 1e6:.1f}", str(r["candidates"]),
                      str(det.get("structured", 0)), dense, _status(r.get("today")), _status(det),
@@ -526,11 +556,14 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true",
                    help="build each model with its own init and all its blocks (default: cheap_model with every "
                         "repeated shape-preserving block past the second dropped, max_params=0)")  # fmt: skip
+    p.add_argument("--max-width", type=int, default=1024,
+                   help="leave layers with more input channels per group / in_features dense (0: no limit)")
     p.add_argument("--resume", action="store_true", help="keep the models already in the JSON, run the others")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.mem_gb, args.full), default=str), flush=True)
+        width = args.max_width if args.max_width > 0 else None
+        print(json.dumps(worker(args.worker, args.mem_gb, args.full, width), default=str), flush=True)
         return 0
     specs = all_models()
     if args.source:
@@ -548,7 +581,8 @@ def main(argv=None) -> int:
     if args.resume:
         specs = [s for s in specs if f"{s[0]}:{s[1]}" not in existing]
     order = {f"{s}:{n}": i for i, (s, n) in enumerate(all_models())}
-    meta = {"torch": torch.__version__, "tolerance": TOL, "ratio": 2.0, "mode": "full" if args.full else "shrunk"}
+    meta = {"torch": torch.__version__, "tolerance": TOL, "ratio": 2.0, "mode": "full" if args.full else "shrunk",
+            "max_width": args.max_width or None}
     try:
         import timm
         import torchvision
@@ -566,7 +600,7 @@ def main(argv=None) -> int:
         return summary
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {f"{s}:{n}": pool.submit(_run_child, f"{s}:{n}", args.mem_gb, args.timeout, args.full)
+        futures = {f"{s}:{n}": pool.submit(_run_child, f"{s}:{n}", args.mem_gb, args.timeout, args.full, args.max_width)
                    for s, n in specs}  # fmt: skip
         for spec, fut in futures.items():
             r = fut.result()
