@@ -8,12 +8,20 @@ unsafe to replace (:func:`structconv.usage.find_unsafe_layers`), then convert it
 output, ``decompose``, output again, and the relative error between the two outputs must be
 <= 1e-8.  When no unsafe layer is in the plan the two conversions are the same and run once.
 Also records the fx (static) answer and whether it names the same layers, times, peak memory,
-and the exception with its stage.  Linear layers with more than 8192 inputs (VGG's 25088-wide
-classifier) are left dense by ``filter_fn`` for now: their dense projection operator does not
-fit in memory (a linear-time closed form is on its way).
+the exception with its stage, and for models with RepVGG-style branches whether timm's
+``reparameterize_model`` still works on the decomposed model.
 
-    python benchmarks/model_coverage.py                      # everything, results/ JSON + markdown
-    python benchmarks/model_coverage.py --only resnet18 swin_t --jobs 2
+Cost controls, all recorded in the table: Linear layers with more than 8192 inputs (VGG's
+25088-wide classifier) are always left dense by ``filter_fn`` -- their dense projection
+operator does not fit in memory (a linear-time closed form is on its way); by default layers
+wider than ``--max-width 1024`` input channels per group stay dense too (each distinct width
+costs an eigendecomposition and ``out x width^2`` float64 GEMMs today: 1-3 min per model on a
+shared core), and models are built by ``cheap_model`` (no own init, every run of repeated
+shape-preserving blocks cut to its first two).  ``--full --max-width 0`` checks the real thing.
+
+    python benchmarks/model_coverage.py --jobs 2             # everything, results/ JSON + markdown
+    python benchmarks/model_coverage.py --only resnet18 swin_t
+    python benchmarks/model_coverage.py --full --max-width 0 --only convnext_tiny
     python benchmarks/model_coverage.py --worker torchvision:swin_t   # one model, JSON on stdout
 
 The helpers (``build_model``, ``smallest_input``, ``check_model``, ``cheap_model``) are
@@ -24,11 +32,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -42,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 import structconv as sc
-from structconv.usage import find_unsafe_layers, find_unsafe_layers_static
+from structconv.usage import candidate_layers, find_unsafe_layers, find_unsafe_layers_static
 
 HERE = Path(__file__).resolve().parent
 TOL = 1e-8
@@ -200,11 +206,12 @@ def reinit_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def shrink_(model: nn.Module, x: torch.Tensor, *, keep: int = 2) -> int:
+def shrink_(model: nn.Module, x: torch.Tensor, *, keep: int = 2, output_shapes: list | None = None) -> int:
     """Drop repeated blocks that keep their input's shape, keeping the first ``keep`` of each
     run: in every ``nn.Sequential`` / ``nn.ModuleList`` whose children share one type, a child
     past position ``keep`` that ran once with output shape == input shape is removed.  Returns
-    the number of blocks removed; the caller checks that the model still runs."""
+    the number of blocks removed; the caller checks that the model still runs (``output_shapes``
+    receives the shapes of the full model's outputs)."""
     shapes: dict[int, list] = {}
 
     def sig(value):
@@ -215,10 +222,12 @@ def shrink_(model: nn.Module, x: torch.Tensor, *, keep: int = 2) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
-        _forward(model, x)
+        out = _forward(model, x)
     finally:
         for h in handles:
             h.remove()
+    if output_shapes is not None:  # the full model's output shapes, for the caller's check
+        output_shapes[:] = sig(out)
     removed = 0
     for parent in list(model.modules()):
         if not isinstance(parent, (nn.Sequential, nn.ModuleList)) or len(parent) <= keep:
@@ -251,10 +260,10 @@ def cheap_model(source: str, name: str, *, max_params: int = 40_000_000, sizes=S
     info = {"params": params, "removed_blocks": 0}
     if params > max_params:
         x = torch.randn(1, 3, size, size)
-        out_shape = [t.shape for t in pytree.tree_leaves(_forward(model, x)) if isinstance(t, torch.Tensor)]
-        info["removed_blocks"] = shrink_(model, x)
+        shapes: list = []
+        info["removed_blocks"] = shrink_(model, x, output_shapes=shapes)
         try:
-            ok = [t.shape for t in pytree.tree_leaves(_forward(model, x)) if isinstance(t, torch.Tensor)] == out_shape
+            ok = [tuple(t.shape) for t in pytree.tree_leaves(_forward(model, x)) if isinstance(t, torch.Tensor)] == shapes
         except Exception:  # noqa: BLE001
             ok = False
         if not ok:  # a container indexed by position, or zipped with another: keep every block
@@ -354,7 +363,7 @@ def check_model(model: nn.Module, size: int, *, today: bool = True, static: bool
     t = time.perf_counter()
     unsafe = find_unsafe_layers(model, x)
     rec["t_detect"] = time.perf_counter() - t
-    rec["candidates"] = len(sc.usage.candidate_layers(model))
+    rec["candidates"] = len(candidate_layers(model))
     rec["n_unsafe"] = len(unsafe)
     rec["unsafe_sample"] = dict(list(unsafe.items())[:4])
     rec["unsafe_by_reason"] = dict(Counter(_category(r.split("; ")[0]) for r in unsafe.values()))
@@ -512,7 +521,7 @@ def markdown(records: list[dict], summary: dict) -> str:
     lines += ["", "`†` Linear layers with > 8192 inputs left dense by filter_fn (dense projection operator too "
               "big for now). `‡` layers wider than max_width left dense (their projection costs minutes today).",
               ""]  # fmt: skip
-    head = ["source", "model", "px", "params M", "layers", "structured", "left dense (reason: n)", "today",
+    head = ["source", "model", "px", "params M checked (full)", "layers", "structured", "left dense (reason: n)", "today",
             "with detection", "rel err", "static", "time s", "peak MB"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
@@ -526,12 +535,13 @@ def markdown(records: list[dict], summary: dict) -> str:
             dense = ", ".join(f"{k}: {v}" for k, v in sorted(r["dense_by_reason"].items()))
             name = r["name"] + (" †" if r.get("big_linear_filtered") else "") + (" ‡" if r.get("width_filtered") else "")
             err = det.get("rel_err")
-            cells = [r["source"], name, str(r["input"]), f"{r['params'] / 1e6:.1f}", str(r["candidates"]),
+            full = f" ({r['full_params'] / 1e6:.1f})" if r.get("full_params", r["params"]) != r["params"] else ""
+            cells = [r["source"], name, str(r["input"]), f"{r['params'] / 1e6:.1f}{full}", str(r["candidates"]),
                      str(det.get("structured", 0)), dense, _status(r.get("today")), _status(det),
                      "" if err is None else f"{err:.1e}", static, f"{r['t_total']:.1f}", f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    fails = [r for r in records if "failure" in r or r.get("today", {}).get("status") != "ok"
-             or r.get("detected", {}).get("status") != "ok"]  # fmt: skip
+    fails = [r for r in records if "failure" in r or any((r.get(k) or {}).get("status") in ("error", "mismatch")
+                                                         for k in ("today", "detected", "reparameterize"))]  # fmt: skip
     if fails:
         lines += ["", "## Failures", ""]
         for r in fails:
@@ -559,8 +569,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-width", type=int, default=1024,
                    help="leave layers with more input channels per group / in_features dense (0: no limit)")
     p.add_argument("--resume", action="store_true", help="keep the models already in the JSON, run the others")
+    p.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.rewrite:
+        data = json.loads(Path(args.out).with_suffix(".json").read_text())
+        Path(args.out).with_suffix(".md").write_text(markdown(data["models"], data["summary"]))
+        return 0
     if args.worker:
         width = args.max_width if args.max_width > 0 else None
         print(json.dumps(worker(args.worker, args.mem_gb, args.full, width), default=str), flush=True)

@@ -30,7 +30,7 @@ from .conftest import rel_err
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import model_coverage as mc  # noqa: E402
 
-MAX_WIDTH = 1024
+MAX_WIDTH = 1280  # vit_h_14's hidden width
 
 
 # ------------------------------------------------------------------------------------------
