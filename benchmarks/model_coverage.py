@@ -52,7 +52,6 @@ from structconv.usage import candidate_layers, find_unsafe_layers, find_unsafe_l
 
 HERE = Path(__file__).resolve().parent
 TOL = 1e-8
-MAX_LINEAR_IN = 8192
 SIZES = (28, 32, 48, 56, 64, 96, 112, 128, 160, 192, 224, 240, 256, 288, 299, 320, 384)
 
 TIMM_SAMPLE = (
@@ -159,20 +158,15 @@ def layer_width(module: nn.Module) -> int:
 
 
 def width_filter(max_width: int | None = None):
-    """``filter_fn`` leaving dense the layers wider than ``max_width`` (and always Linear layers
-    with more than 8192 inputs, VGG's classifier, whose dense projection does not fit in memory).
-    Today every distinct width costs an eigendecomposition and ``out x width^2`` GEMMs in
-    float64 (minutes at 4096 on one shared core); a linear-time closed form is on its way."""
+    """``filter_fn`` leaving dense the layers wider than ``max_width`` (``None``: every width;
+    the projections are linear in the width, so this only trims the cheap sweep)."""
 
     def keep(module: nn.Module, name: str) -> bool:
-        if isinstance(module, nn.Linear) and module.in_features > MAX_LINEAR_IN:
-            return False
         return max_width is None or layer_width(module) <= max_width
 
     return keep
 
 
-big_linear_filter = width_filter(None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -377,22 +371,16 @@ def check_model(model: nn.Module, size: int, *, today: bool = True, static: bool
             rec["static"] = {"traceable": True, "agrees": set(stat) == set(unsafe),
                              "only_dynamic": sorted(set(unsafe) - set(stat))[:5],
                              "only_static": sorted(set(stat) - set(unsafe))[:5]}  # fmt: skip
-    base = sc.plan(model, 2.0, filter_fn=filter_fn)
+    base = sc.plan(model, 2.0, filter_fn=filter_fn, check_usage=False)  # the plan without the check
     hit = [p.name for p in base.structured if p.name in unsafe]
     rec["unsafe_in_plan"] = len(hit)
-    safe = sc.plan(model, 2.0, filter_fn=filter_fn, overrides={n: None for n in hit}) if hit else base
-    for entry in safe.skipped:
-        if entry.name in unsafe:
-            entry.reason = unsafe[entry.name]
+    # the library's own check, as users get it: plan() with an example input
+    safe = sc.plan(model, 2.0, filter_fn=filter_fn, example_inputs=x)
+    assert {p.name for p in base.structured} - {p.name for p in safe.structured} == set(hit)
     filtered = [p for p in base.skipped if p.reason.startswith("excluded by filter_fn")]
-    wide = {p.name for p in filtered if isinstance(m := model.get_submodule(p.name), nn.Linear)
-            and m.in_features > MAX_LINEAR_IN}  # fmt: skip
-    rec["big_linear_filtered"] = len(wide)
-    rec["width_filtered"] = len(filtered) - len(wide)
+    rec["width_filtered"] = len(filtered)
     for p in safe.skipped:
-        if p.name in wide:
-            p.reason = f"Linear > {MAX_LINEAR_IN} inputs"
-        elif p.reason.startswith("excluded by filter_fn"):
+        if p.reason.startswith("excluded by filter_fn"):
             p.reason = f"wider than {max_width}"
     rec["dense_by_reason"] = dict(Counter(_category(p.reason) for p in safe.skipped))
     t = time.perf_counter()
@@ -505,7 +493,6 @@ def summarize(records: list[dict]) -> dict:
             "detection_changed_plan": sum(r.get("unsafe_in_plan", 0) > 0 for r in recs),
             "static_traceable": sum(r.get("static", {}).get("traceable", False) for r in recs),
             "static_agrees": sum(r.get("static", {}).get("agrees", False) for r in recs),
-            "vgg_big_linear_filtered": sum(r.get("big_linear_filtered", 0) > 0 for r in recs),
         }
     return out
 
@@ -518,9 +505,7 @@ def markdown(records: list[dict], summary: dict) -> str:
             f"{s['detected_ok']}; detection changed the plan of {s['detection_changed_plan']}; build failures "
             f"{s['build_failures']}; fx-traceable {s['static_traceable']}, static == dynamic {s['static_agrees']}"
         )
-    lines += ["", "`†` Linear layers with > 8192 inputs left dense by filter_fn (dense projection operator too "
-              "big for now). `‡` layers wider than max_width left dense (their projection costs minutes today).",
-              ""]  # fmt: skip
+    lines += ["", "`‡` layers wider than --max-width left dense (a cheap sweep's trim).", ""]
     head = ["source", "model", "px", "params M checked (full)", "layers", "structured", "left dense (reason: n)", "today",
             "with detection", "rel err", "static", "time s", "peak MB"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -533,7 +518,7 @@ def markdown(records: list[dict], summary: dict) -> str:
             st = r.get("static", {})
             static = "n/a" if not st.get("traceable") else ("=" if st["agrees"] else "≠")
             dense = ", ".join(f"{k}: {v}" for k, v in sorted(r["dense_by_reason"].items()))
-            name = r["name"] + (" †" if r.get("big_linear_filtered") else "") + (" ‡" if r.get("width_filtered") else "")
+            name = r["name"] + (" ‡" if r.get("width_filtered") else "")
             err = det.get("rel_err")
             full = f" ({r['full_params'] / 1e6:.1f})" if r.get("full_params", r["params"]) != r["params"] else ""
             cells = [r["source"], name, str(r["input"]), f"{r['params'] / 1e6:.1f}{full}", str(r["candidates"]),

@@ -6,10 +6,9 @@ dense, ``structurize -> project_ -> decompose`` is exact in float64 and structur
 The slow models are built by ``benchmarks/model_coverage.py``'s ``cheap_model``: the model's
 own initialization is skipped (no memory touched), every run of repeated shape-preserving
 blocks is cut to its first two (vit_h_14 keeps two encoder blocks of its original width), then
-a simple random init; inputs are the smallest size each model accepts.  Layers wider than
-``MAX_WIDTH`` input channels per group stay dense here: today each distinct width costs an
-eigendecomposition and ``out x width^2`` float64 GEMMs (minutes for the 4096-wide layers of
-VGG/ViT-L on a shared core); ``benchmarks/model_coverage.py --max-width 0 --full`` checks them.
+a simple random init; inputs are the smallest size each model accepts.  Every layer width is
+checked (the projections are linear in the width); ``benchmarks/model_coverage.py --full``
+checks the models at their full size.
 """
 
 import sys
@@ -30,7 +29,6 @@ from .conftest import rel_err
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import model_coverage as mc  # noqa: E402
 
-MAX_WIDTH = 1280  # vit_h_14's hidden width
 
 
 # ------------------------------------------------------------------------------------------
@@ -133,14 +131,18 @@ def test_excluding_flagged_layers_makes_decomposition_exact():
     x = torch.randn(2, 5, 8, dtype=torch.float64)
     unsafe = find_unsafe_layers(model, x)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        broken = sc.structurize(model, 2.0)
+        broken = sc.structurize(model, 2.0, check_usage=False)
         sc.decompose(broken)(x)
-    s = sc.structurize(model, 2.0, overrides={n: None for n in unsafe})
-    for m in s.modules():
-        if isinstance(m, sc.StructuredLayer):
-            m.project_()
-    assert rel_err(sc.decompose(s)(x), s(x)) <= 1e-12
-    assert isinstance(s[0].attn.qkv, nn.Linear) and not isinstance(s[0].attn.qkv, sc.StructuredLayer)
+    # plan() checks by itself: with an example input, by tracing without one, or as overrides
+    for s in (sc.structurize(model, 2.0, example_inputs=x), sc.structurize(model, 2.0),
+              sc.structurize(model, 2.0, overrides={n: None for n in unsafe}, check_usage=False)):  # fmt: skip
+        for m in s.modules():
+            if isinstance(m, sc.StructuredLayer):
+                m.project_()
+        assert rel_err(sc.decompose(s)(x), s(x)) <= 1e-12
+        assert isinstance(s[0].attn.qkv, nn.Linear) and not isinstance(s[0].attn.qkv, sc.StructuredLayer)
+    skipped = {p.name: p.reason for p in sc.plan(model, 2.0, example_inputs=x).skipped}
+    assert "outside its own forward (by 0.attn)" in skipped["0.attn.qkv"]
 
 
 def test_tied_weights_are_flagged_on_both_layers():
@@ -304,8 +306,7 @@ def test_model_decomposes_exactly_after_excluding_flagged_layers(source, name):
         pytest.importorskip("timm")
     torch.manual_seed(0)
     model, size, info = mc.cheap_model(source, name, max_params=0)
-    rec = mc.check_model(model, size, today=False, static=False, reparameterize=False, inplace=True,
-                         max_width=MAX_WIDTH)  # fmt: skip
+    rec = mc.check_model(model, size, today=False, static=False, reparameterize=False, inplace=True)
     det = rec["detected"]
     assert det["status"] == "ok", (det, rec["unsafe_sample"], info)
     assert det["structured"] > 0

@@ -109,6 +109,7 @@ class StructurePlan:
 
     layers: list[LayerPlan] = field(default_factory=list)
     requested_ratio: float | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def structured(self) -> list[LayerPlan]:
@@ -130,7 +131,7 @@ class StructurePlan:
         head = f"StructurePlan: {len(self.structured)} structured, {len(self.skipped)} left dense"
         if self.requested_ratio is not None:
             head += f" (requested ratio {self.requested_ratio:g})"
-        return "\n".join([head, format_table(rows)])
+        return "\n".join([head, format_table(rows), *(f"note: {n}" for n in self.notes)])
 
 
 def _check_ratio(ratio, where: str) -> float:
@@ -238,6 +239,8 @@ def plan(
     filter_fn: FilterFn | None = None,
     overrides: Mapping[str, Override] | None = None,
     prefer: str = "channels",
+    example_inputs=None,
+    check_usage: bool = True,
 ) -> StructurePlan:
     """Decide the structure of every eligible Conv1d/2d/3d and Linear layer of ``model``.
 
@@ -248,15 +251,42 @@ def plan(
             win, then the first matching pattern): a :class:`StructureSpec`, a ``(c, n)``
             tuple, a ratio, or ``None`` to leave the layer dense.
         prefer: tie-break between equally compact choices, see :func:`choose_structure`.
+        example_inputs: an input of ``model`` (a tensor, a tuple of arguments or a dict of
+            keyword arguments), to check how each layer's parameters are used in a real forward.
+        check_usage: leave dense the layers that cannot be replaced safely -- a parameter read
+            outside the layer's own forward (torchvision's Swin calls ``F.linear`` on its
+            child's weight), a weight tied to another module, a layer that never runs -- found by
+            :func:`structconv.usage.find_unsafe_layers` on ``example_inputs``, or by
+            :func:`~structconv.usage.find_unsafe_layers_static` (``torch.fx``) without them (a
+            model fx cannot trace is then not checked: pass ``example_inputs``).  Only layers
+            whose structure the ratio decides are checked; an explicit ``StructureSpec``
+            override is kept as given.
 
     Layers whose best structure would not compress (ratio 1), layers rejected by
-    ``filter_fn`` and unsupported subclasses are listed in the plan with the reason.
+    ``filter_fn``, unsafe layers and unsupported subclasses are listed in the plan with the reason.
     """
     ratio = _check_ratio(ratio, "plan")
     overrides = dict(overrides or {})
     used: set[str] = set()
     result = StructurePlan(requested_ratio=ratio)
     converted: list[str] = []  # prefixes of structured / decomposed layers: their children are theirs
+    unsafe: dict[str, str] | None = None if check_usage else {}
+
+    def unsafe_reason(name: str) -> str | None:
+        nonlocal unsafe
+        if unsafe is None:  # computed once, and only if a layer's structure comes from a ratio
+            from .usage import find_unsafe_layers, find_unsafe_layers_static
+
+            if example_inputs is not None:
+                unsafe = find_unsafe_layers(model, example_inputs)
+            else:
+                unsafe = find_unsafe_layers_static(model)
+                if unsafe is None:
+                    unsafe = {}
+                    result.notes.append("torch.fx cannot trace this model, so how its layers' parameters are used "
+                                        "was not checked; pass example_inputs to check it in a real forward")  # fmt: skip
+        return unsafe.get(name)
+
     for name, module in model.named_modules():
         if any(name.startswith(prefix) for prefix in converted):
             continue
@@ -295,7 +325,16 @@ def plan(
         if channels * math.prod(kernel) == spec.c * math.prod(spec.n):
             entry.reason = "cannot be compressed (1 channel per group and a 1-tap kernel)"
             continue
+        reason = unsafe_reason(name) if name else None  # a layer given alone runs its own forward
+        if reason:
+            entry.reason = f"unsafe to replace: {reason}"
+            continue
         entry.spec, entry.reason = spec, note
+    fusers = sorted({type(m).__name__ for m in model.modules()
+                     if callable(getattr(m, "reparameterize", None)) or callable(getattr(m, "fuse", None))})  # fmt: skip
+    if fusers and result.structured:
+        result.notes.append(f"{', '.join(fusers[:3])} can fuse branches (reparameterize/fuse), which reads conv "
+                            "weights outside forward: fuse first (timm.utils.reparameterize_model), then structurize")  # fmt: skip
     unused = sorted(set(overrides) - used)
     if unused:
         names = [p.name for p in result.layers if p.layer_type in ("Conv1d", "Conv2d", "Conv3d", "Linear")]
@@ -333,21 +372,24 @@ def structurize(
     inplace: bool = False,
     overrides: Mapping[str, Override] | None = None,
     prefer: str = "channels",
+    example_inputs=None,
+    check_usage: bool = True,
 ) -> nn.Module:
     """Swap eligible Conv/Linear layers for their structured training form, keeping weights.
 
     ``ratio`` is a target compression ratio (see :func:`plan` for ``filter_fn``,
-    ``overrides`` and ``prefer``) or a ready :class:`StructurePlan`.  The structured layers
+    ``overrides``, ``prefer``, ``example_inputs`` and ``check_usage``) or a ready :class:`StructurePlan`.  The structured layers
     subclass the layers they replace and keep their state_dict keys, so the model computes the
     same function and existing checkpoints still load.  Returns the converted model (a deep
     copy unless ``inplace``); call :func:`plan` first to see what will change.
     """
     if isinstance(ratio, StructurePlan):
-        if filter_fn is not None or overrides:
-            raise ValueError("pass filter_fn/overrides to plan(), not with a ready StructurePlan")
+        if filter_fn is not None or overrides or example_inputs is not None:
+            raise ValueError("pass filter_fn/overrides to plan() (and example_inputs), not with a ready StructurePlan")
         the_plan = ratio
     else:
-        the_plan = plan(model, ratio, filter_fn=filter_fn, overrides=overrides, prefer=prefer)
+        the_plan = plan(model, ratio, filter_fn=filter_fn, overrides=overrides, prefer=prefer,
+                        example_inputs=example_inputs, check_usage=check_usage)  # fmt: skip
     if not inplace:
         model = copy.deepcopy(model)
     for entry in the_plan.structured:

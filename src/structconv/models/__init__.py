@@ -91,7 +91,21 @@ def structurize_model(model: nn.Module, name: str, *, struct: str | None = None,
         base, overrides = struct_overrides(name, struct, model)
         return structurize(model, base, overrides=overrides, inplace=True)
     if ratio is not None:
-        return structurize(model, ratio, inplace=True)
+        # one forward at the model's own input size checks which layers are safe to replace
+        import torch
+
+        chans, h, w = default_input_size(name)
+        first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+        if isinstance(first, nn.Conv2d):
+            chans = first.in_channels
+        x = torch.zeros(1, chans, h, w)
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                model.eval()(x)
+        except Exception:  # noqa: BLE001 - not an image model of that shape: check by tracing instead
+            x = None
+        return structurize(model.train(was_training), ratio, inplace=True, example_inputs=x)
     return model
 
 
