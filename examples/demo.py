@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from structconv.reporting import format_table
-from structconv.training import CHECKPOINT, RunInterrupted, TrainConfig, train
+from structconv._io import json_safe
+from structconv.training import CHECKPOINT, RunInterrupted, TrainConfig, saved_meaning, train
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -79,7 +80,7 @@ def run_or_reuse(config: TrainConfig, overwrite: bool) -> dict:
     done = out / "results.json"
     if done.exists() and not overwrite:
         results = json.loads(done.read_text())
-        if {k: results.get("args", {}).get(k) for k in config.meaning()} != config.meaning():
+        if saved_meaning(results.get("args", {})) != json_safe(config.meaning()):
             raise ValueError(f"{str(out)!r} holds a finished run with other settings; pass --overwrite to retrain "
                              "it, or choose another --output-dir")  # fmt: skip
         print(f"(kept the finished run in {out}; --overwrite retrains it)", flush=True)

@@ -43,7 +43,7 @@ from .data import input_size as dataset_input_size
 from .deploy import fold_batchnorm
 from .models import create_model
 from .serialization import load
-from .training import TrainConfig, train
+from .training import TrainConfig, saved_meaning, train
 
 __all__ = ["METHODS", "FROM_TRAINED", "CompareConfig", "Run", "plan_runs", "run_study", "summarize", "measure_latency"]
 
@@ -70,7 +70,7 @@ class CompareConfig:
     batch_size: int = 128
     lr: float = 0.1
     finetune_lr: float = 0.01
-    distill: float = 0.5  # distillation weight of every from-trained fine-tune (teacher: the dense model)
+    distill: float = 0.9  # distillation weight of every from-trained fine-tune (teacher: the dense model; T = 4)
     train_subset: int | None = None
     eval_subset: int | None = None
     image_size: int | None = None
@@ -245,7 +245,7 @@ def _run_one(study: _Study, run: Run) -> dict:
     config = _train_config(study, run)
     if done.exists():
         results = json.loads(done.read_text())
-        wanted, had = json_safe(config.meaning()), json_safe(results.get("args", {}))
+        wanted, had = json_safe(config.meaning()), saved_meaning(results.get("args", {}))
         changed = sorted(k for k, v in wanted.items() if k in had and had[k] != v)
         if changed:
             raise ValueError(f"{str(done)!r} was trained with other settings ({', '.join(changed)}); move it away or "
@@ -258,7 +258,7 @@ def _run_one(study: _Study, run: Run) -> dict:
     model = teacher = None
     if run.method in ("prune", "svd_weight", "svd_spatial", "narrow"):
         model = study.baseline_model(run)
-    if run.method in ("prune", "svd_weight", "svd_spatial") and config.distill > 0:
+    if run.method in ("prune", "svd_weight", "svd_spatial") and config.effective_distill > 0:
         teacher = study.trained_dense(run.seed)
     if run.method == "prune" and config.resume is None:
         from .baselines import save_pruned

@@ -93,11 +93,11 @@ class TrainConfig:
     # beats the task off the structured subspace (regularizer.add_normalized_regularization_grad_),
     # with kappa ramped up over the first kappa_ramp of the steps, then trains the last
     # projected_fraction of the steps in the projected form; sr="eq3" with projected_fraction=0
-    # is the paper's recipe (loss + lam * Eq. 3).
+    # is the paper's recipe (loss + lam * Eq. 3).  None: the mode's default (effective_*).
     sr: str = "normalized"
     kappa: float = 2.0
     kappa_ramp: float = 0.5
-    projected_fraction: float = 0.05
+    projected_fraction: float | None = None
     init_from: str | None = None
     direct_init: str = "own"  # mode direct: see to_direct
     pretrained: bool = False
@@ -120,8 +120,8 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     label_smoothing: float = 0.0
     seed: int = 0
-    distill: float = 0.0  # weight of the distillation term when a teacher is given (train(..., teacher=))
-    distill_temperature: float = 1.0
+    distill: float | None = None  # weight of the distillation term (teacher: finetune's --init-from, or train(teacher=))
+    distill_temperature: float = 4.0
     eval_at: tuple = ()  # extra optimizer steps to evaluate at (0: before the first step), for curves
     # run control
     output_dir: str = "runs/train"
@@ -143,6 +143,22 @@ class TrainConfig:
         return 0.0 if self.mode == "control" else float(self.lam)
 
     @property
+    def effective_projected_fraction(self) -> float:
+        """Fine-tuning from a trained dense model projects at once and trains projected (the
+        weights start far from the structure, and SR cannot pull them there in a short budget);
+        Step 1 from scratch projects the last 5 %."""
+        if self.projected_fraction is not None:
+            return float(self.projected_fraction)
+        return {"finetune": 1.0, "sr": 0.05}.get(self.mode, 0.0)
+
+    @property
+    def effective_distill(self) -> float:
+        """Fine-tuning distills from its dense model (weight 0.9, temperature 4) by default."""
+        if self.distill is not None:
+            return float(self.distill)
+        return 0.9 if self.mode == "finetune" else 0.0
+
+    @property
     def effective_struct(self) -> str | None:
         """The Struct plan of a structured run (A unless a uniform ratio is given)."""
         if self.mode == "baseline":
@@ -160,8 +176,10 @@ class TrainConfig:
         if self.struct and self.ratio:
             raise ValueError("give --struct or --ratio, not both")
         if self.effective_struct is not None:
+            from .models import check_known
             from .models.plans import has_plan
 
+            check_known(self.arch)
             if not has_plan(self.arch, self.effective_struct):
                 raise ValueError(f"--arch {self.arch!r} has no Struct-{self.effective_struct} plan; use --ratio R for a "
                                  "uniform compression (or register a plan: docs/architecture.md)")  # fmt: skip
@@ -172,7 +190,8 @@ class TrainConfig:
         _choice(self.direct_init, "--direct-init", DIRECT_INITS)
         _number(self.kappa, "--kappa", low=0.0)
         _number(self.kappa_ramp, "--kappa-ramp", low=0.0, high=1.0)
-        _number(self.projected_fraction, "--projected-fraction", low=0.0, high=1.0, high_strict=True)
+        if self.projected_fraction is not None:
+            _number(self.projected_fraction, "--projected-fraction", low=0.0, high=1.0)
         if self.mode == "finetune" and not self.init_from:
             raise ValueError("--mode finetune needs --init-from DENSE_CHECKPOINT (e.g. a baseline run's model.pth)")
         if self.init_from and self.mode != "finetune":
@@ -188,7 +207,8 @@ class TrainConfig:
         _number(self.momentum, "--momentum", low=0.0, high=1.0, high_strict=True)
         _number(self.weight_decay, "--weight-decay", low=0.0)
         _number(self.label_smoothing, "--label-smoothing", low=0.0, high=1.0, high_strict=True)
-        _number(self.distill, "--distill", low=0.0, high=1.0)
+        if self.distill is not None:
+            _number(self.distill, "--distill", low=0.0, high=1.0)
         _number(self.distill_temperature, "--distill-temperature", low=0.0, strict=True)
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.eval_at):
             raise ValueError(f"--eval-at {self.eval_at!r} must list step numbers >= 0")
@@ -200,7 +220,18 @@ class TrainConfig:
         """The options that change what the run computes (compared on resume)."""
         d = asdict(self)
         d["lam"] = self.effective_lam
+        d["projected_fraction"], d["distill"] = self.effective_projected_fraction, self.effective_distill
         return {k: v for k, v in d.items() if k not in _RUN_CONTROL}
+
+
+def saved_meaning(args: dict) -> dict:
+    """:meth:`TrainConfig.meaning` of a run recorded as ``args`` (``results.json``'s ``args``, a
+    checkpoint's ``args``), JSON-normalized; keys this version does not know are dropped."""
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in args.items() if k in known}
+    if "sr" not in args:  # written before the recipe options existed: the paper's recipe
+        values.update(sr="eq3", projected_fraction=0.0, direct_init="default", distill=0.0)
+    return json_safe(TrainConfig(**values).meaning())
 
 
 def _flag(name: str) -> str:
@@ -276,7 +307,7 @@ def prepare_output(config: TrainConfig, *, is_main: bool = True) -> tuple[Path, 
 
 
 def _check_resume(config: TrainConfig, ckpt: dict, path: Path) -> None:
-    saved = json_safe(ckpt.get("config") or ckpt.get("args") or {})
+    saved = json_safe(ckpt["config"]) if "config" in ckpt else saved_meaning(ckpt.get("args") or {})
     now = json_safe(config.meaning())
     changed = []
     for key, value in now.items():
@@ -532,7 +563,8 @@ def train_one_epoch(run: _Run, train_ds, sampler, stop: _StopOnSignal, progress=
         task = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
         loss = task
         if run.teacher is not None:
-            loss = (1 - config.distill) * task + config.distill * _distillation(logits, images, run.teacher, config)
+            d = config.effective_distill
+            loss = (1 - d) * task + d * _distillation(logits, images, run.teacher, config)
         eq3 = run.use_reg and config.sr == "eq3" and not run.projected
         reg = structural_regularization(run.model) if eq3 else task.new_zeros(())
         if eq3:
@@ -688,9 +720,9 @@ def _train(config: TrainConfig, ctx, model: nn.Module | None, teacher: nn.Module
     out_dir, ckpt = prepare_output(config, is_main=ctx.rank == 0)
     torch.manual_seed(config.seed)
     train_ds, test_ds, info = load_data(config, download=config.download and ctx.rank == 0)
-    if teacher is not None and not config.distill > 0:
+    if teacher is not None and not config.effective_distill > 0:
         raise ValueError("a teacher is given but --distill is 0; set the weight of the distillation term")
-    if teacher is None and config.distill > 0:
+    if teacher is None and config.effective_distill > 0:
         if config.mode != "finetune":
             raise ValueError("--distill needs a teacher: --mode finetune distills from its --init-from model")
         teacher = create_model(config.arch, num_classes=info.num_classes, in_chans=info.in_chans)
@@ -727,8 +759,9 @@ def _train(config: TrainConfig, ctx, model: nn.Module | None, teacher: nn.Module
         history = list(ckpt.get("history", []))
     state["steps_this_run"] = 0
     projected_from = None
-    if use_reg and config.projected_fraction > 0:
-        projected_from = total_steps - max(1, round(config.projected_fraction * total_steps))
+    fraction = config.effective_projected_fraction
+    if use_reg and fraction > 0:
+        projected_from = total_steps - max(1, round(fraction * total_steps))
     is_main = ctx.rank == 0
     say = (lambda *a: print(*a, flush=True)) if (is_main and not config.quiet) else (lambda *a: None)
     eval_loader = DataLoader(test_ds, batch_size=max(256, config.batch_size), shuffle=False, num_workers=config.workers)

@@ -34,7 +34,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=finite_float, default=0.1, help="learning rate from scratch")
     p.add_argument("--finetune-lr", type=finite_float, default=0.01, help="learning rate of the fine-tunes")
-    p.add_argument("--distill", type=finite_float, default=0.5,
+    p.add_argument("--distill", type=finite_float, default=0.9,
                    help="distillation weight of every fine-tune (teacher: the trained dense model)")  # fmt: skip
     p.add_argument("--train-subset", type=positive_int)
     p.add_argument("--eval-subset", type=positive_int)

@@ -26,8 +26,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--kappa", type=finite_float, default=2.0,
                    help="normalized SR: each layer's push toward the structure is at least kappa times the task's")
     p.add_argument("--kappa-ramp", type=finite_float, default=0.5, help="kappa ramps up over this fraction of steps")
-    p.add_argument("--projected-fraction", type=finite_float, default=0.05,
-                   help="train the last fraction of the steps projected (structure error 0 at the end; 0: off)")
+    p.add_argument("--projected-fraction", type=finite_float, default=None,
+                   help="train the last fraction of the steps projected (structure error 0 at the end; 0: off; "
+                        "default 0.05 for sr, 1.0 for finetune: project at once, then projected SGD)")
     p.add_argument("--init-from", help="dense checkpoint to fine-tune (mode finetune)")
     p.add_argument("--direct-init", choices=("own", "default"), default="own",
                    help="mode direct: start from the model's own init projected and rescaled to its norm (own), "
@@ -52,9 +53,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--lr-warmup-steps", type=nonnegative_int, default=0)
     p.add_argument("--label-smoothing", type=finite_float, default=0.0, help="in [0, 1)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--distill", type=finite_float, default=0.0,
-                   help="weight in [0, 1] of distillation from the --init-from model (mode finetune)")  # fmt: skip
-    p.add_argument("--distill-temperature", type=finite_float, default=1.0)
+    p.add_argument("--distill", type=finite_float, default=None,
+                   help="weight in [0, 1] of distillation from the --init-from model (mode finetune; default 0.9)")
+    p.add_argument("--distill-temperature", type=finite_float, default=4.0)
     p.add_argument("--eval-at", type=step_list, default=(),
                    help="also evaluate after these steps (0: before the first), e.g. 0,50,100")  # fmt: skip
     # run control

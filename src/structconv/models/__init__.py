@@ -17,7 +17,7 @@ from .registry import ModelEntry, get_entry, register_model, registered_models, 
 from .sources import is_timm, is_torchvision, timm_model, torchvision_model
 
 __all__ = [
-    "create_model", "dense_model", "list_models", "default_input_size", "structurize_model", "register_model",
+    "create_model", "dense_model", "check_known", "list_models", "default_input_size", "structurize_model", "register_model",
     "unregister_model", "get_entry", "ModelEntry", "PAPER_MODELS",
 ]  # fmt: skip
 
@@ -58,6 +58,14 @@ def _unknown(name: str) -> ValueError:
     close = difflib.get_close_matches(name, known, n=4)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ValueError(f"unknown architecture {name!r}: not a structconv, torchvision or timm classification model{hint}")
+
+
+def check_known(name: str) -> None:
+    """``ValueError`` (with close matches) unless ``name`` is registered, torchvision's or timm's."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"architecture name {name!r} must be a non-empty string")
+    if get_entry(name) is None and not is_torchvision(name) and not is_timm(name):
+        raise _unknown(name)
 
 
 def _check_positive(value, name: str) -> None:
