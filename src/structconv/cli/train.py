@@ -30,9 +30,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="train the last fraction of the steps projected (structure error 0 at the end; 0: off; "
                         "default 0.05 for sr, 1.0 for finetune: project at once, then projected SGD)")
     p.add_argument("--init-from", help="dense checkpoint to fine-tune (mode finetune)")
-    p.add_argument("--direct-init", choices=("own", "default"), default="own",
-                   help="mode direct: start from the model's own init projected and rescaled to its norm (own), "
-                        "or from the projected nn.Conv default init (default: the earlier behaviour)")
+    p.add_argument("--direct-init", choices=("own", "default"), default="default",
+                   help="mode direct: start from the projected nn.Conv default init (default), or from the "
+                        "model's own init projected and rescaled to its norm (own)")
     p.add_argument("--pretrained", action="store_true", help="start from torchvision/timm weights (needs network)")
     # data
     p.add_argument("--dataset", default="fashion-mnist", help="cifar10, cifar100, fashion-mnist, imagenet, folder")
