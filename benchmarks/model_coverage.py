@@ -11,13 +11,13 @@ Also records the fx (static) answer and whether it names the same layers, times,
 the exception with its stage, and for models with RepVGG-style branches whether timm's
 ``reparameterize_model`` still works on the decomposed model.
 
-Cost controls, all recorded in the table: Linear layers with more than 8192 inputs (VGG's
-25088-wide classifier) are always left dense by ``filter_fn`` -- their dense projection
-operator does not fit in memory (a linear-time closed form is on its way); by default layers
-wider than ``--max-width 1024`` input channels per group stay dense too (each distinct width
-costs an eigendecomposition and ``out x width^2`` float64 GEMMs today: 1-3 min per model on a
-shared core), and models are built by ``cheap_model`` (no own init, every run of repeated
-shape-preserving blocks cut to its first two).  ``--full --max-width 0`` checks the real thing.
+Cost controls, all recorded in the table: by default layers wider than ``--max-width 1024``
+input channels per group stay dense (the projections are linear in the width, but a float64
+check of many wide layers still costs minutes per model on a shared core), and models are
+built by ``cheap_model`` (no own init, every run of repeated shape-preserving blocks cut to its
+first two).  The committed tables predate the linear-time operators, hence their footnotes on
+VGG's 25088-wide Linear; ``tests/test_coverage.py`` checks every width.
+``--full --max-width 0`` checks the real thing.
 
     python benchmarks/model_coverage.py --jobs 2             # everything, results/ JSON + markdown
     python benchmarks/model_coverage.py --only resnet18 swin_t

@@ -2,12 +2,15 @@
 
     python benchmarks/wide_layers.py linear   # StructuredLinear(8192, 256, r=4096): structure_error(), SR step
     python benchmarks/wide_layers.py conv     # StructuredConv2d(8192, 16, 1, c=4096, n=1).project_()
-    python benchmarks/wide_layers.py vgg16    # structurize(vgg16, 2) + project_() + decompose(), SR step
+    python benchmarks/wide_layers.py vgg16    # structurize(vgg16, 2) + project_() + decompose(), SR share of a step
     python benchmarks/wide_layers.py resnet50
 
 Peak memory is the process's VmHWM (Linux), reset after the model is built, minus its RSS
 then.  The address space is capped (``--limit-gb``) so a regression fails with an error
-instead of waking the OOM killer.  One thread; SR steps timed with ``interleaved_times``.
+instead of waking the OOM killer.  One thread; SR steps timed with ``interleaved_times``.  For
+the torchvision models the SR term's share of a training step is the median SR forward+backward
+over the median task step (forward + cross-entropy backward of the structured model on a
+``--batch`` of 224x224 images) plus SR, both timed interleaved in this one process.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main(argv=None) -> None:
     p.add_argument("scenario", choices=["linear", "conv", "vgg16", "resnet50"])
     p.add_argument("--limit-gb", type=float, default=12.0)
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--batch", type=int, default=8, help="images per task step (torchvision models)")
     args = p.parse_args(argv)
     limit = int(args.limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -98,7 +102,23 @@ def main(argv=None) -> None:
           f"total {t3 - t0:.2f} s; peak {peak:.3f} GiB above the model ({base:.2f} GiB RSS)")  # fmt: skip
     del decomposed, model
     gc.collect()
-    print(f"  SR forward+backward: {sr_step_ms(structured):.2f} ms/step")
+    params = [m.weight for m in structured.modules() if isinstance(m, sc.StructuredLayer)]
+    images = torch.randn(args.batch, 3, 224, 224)
+    labels = torch.randint(0, 1000, (args.batch,))
+
+    def task_step():
+        structured.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(structured(images), labels).backward()
+
+    def sr_step():
+        for w in params:
+            w.grad = None
+        sc.structural_regularization(structured).backward()
+
+    times = interleaved_times({"task": task_step, "sr": sr_step}, warmup=1, repeats=args.repeats)
+    task, sr = median_ms(times["task"]), median_ms(times["sr"])
+    print(f"  task step (batch {args.batch}, 224x224): {task:.1f} ms; SR forward+backward: {sr:.1f} ms; "
+          f"SR share of a step {100 * sr / (task + sr):.1f} %")
 
 
 if __name__ == "__main__":
