@@ -3,11 +3,15 @@
 Modes (``TrainConfig.mode``):
 
 * ``baseline``  -- the dense model, plain cross-entropy.
-* ``sr``        -- Step 1: the structured training form with ``CE + lam * structural_regularization``
-  (Eq. 3); Step 2 at the end: ``structconv.decompose`` into sum-pool + small convs.
-* ``control``   -- the same as ``sr`` with ``lam = 0``, decomposed at the end (the control).
+* ``sr``        -- Step 1: the structured training form with Structural Regularization (by
+  default normalized per layer, ``sr="eq3"`` for the paper's ``CE + lam * Eq. 3``), the last
+  5 % of the steps projected; Step 2 at the end: ``structconv.decompose`` into sum-pool +
+  small convs.
+* ``control``   -- the same as ``sr`` with ``lam = 0`` and no projected phase, decomposed at
+  the end (the control).
 * ``direct``    -- the decomposed form trained from scratch (Sec. 6.4), no regularizer.
-* ``finetune``  -- load a dense checkpoint (``init_from``), structurize it and train as ``sr``.
+* ``finetune``  -- load a dense checkpoint (``init_from``), structurize and project it, then
+  projected SGD distilled from the dense model (weight 0.9, temperature 4).
 
 The steps have names, in the shape of torchvision's reference scripts: :func:`prepare_output`,
 :func:`load_data`, :func:`build_model`, :func:`build_optimizer`, :func:`train_one_epoch`,
@@ -129,7 +133,7 @@ class TrainConfig:
     overwrite: bool = False
     ckpt_every: int = 0
     stop_after: int | None = None
-    device: str = "cpu"
+    device: str | None = None  # None: cuda when available, else cpu (as the command line)
     threads: int | None = None
     channels_last: bool = True
     print_freq: int = 50
@@ -214,7 +218,8 @@ class TrainConfig:
             raise ValueError(f"--eval-at {self.eval_at!r} must list step numbers >= 0")
         if self.in_chans is not None and self.in_chans not in (1, 3):
             raise ValueError(f"--in-chans {self.in_chans}: images convert to 1 (grayscale) or 3 (RGB) channels")
-        parse_device(self.device)
+        if self.device is not None:
+            parse_device(self.device)
 
     def meaning(self) -> dict:
         """The options that change what the run computes (compared on resume)."""
@@ -704,7 +709,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, teacher: nn.Mo
     config.validate()
     if config.mode == "control" and config.lam not in (0, 0.0, 1.0) and not config.quiet:
         print(f"note: --mode control trains with lambda = 0 (--lam {config.lam:g} is not used)", file=sys.stderr)
-    ctx = dist_utils.init_distributed(config.device)
+    ctx = dist_utils.init_distributed(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         return _train(config, ctx, model, teacher)
     finally:
