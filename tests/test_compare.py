@@ -35,8 +35,8 @@ def test_compare_pipeline_end_to_end(tmp_path, fmnist, capsys):
     dense = next(r for r in summary["runs"] if r["method"] == "dense")
     assert all(r["mults"] < 0.6 * dense["mults"] for r in summary["runs"] if r["method"] != "dense")
     table = summary["latency"]["tables"][0]
-    assert table["mode"] == "eager" and set(table["median_ms"]) == {"dense", "struct-A", "prune-A", "svd_weight-A",
-                                                                     "svd_spatial-A", "narrow-A"}  # fmt: skip
+    assert table["mode"] == "eager" and set(table["median_ms"]) == {"dense", "struct-A", "struct-A untuned", "prune-A",
+                                                                     "svd_weight-A", "svd_spatial-A", "narrow-A"}  # fmt: skip
     assert all(v > 0 for v in table["median_ms"].values())
     assert sorted(p.rsplit("/", 1)[-1] for p in summary["figures"]) == [
         "accuracy_vs_finetune_steps.png", "accuracy_vs_latency.png", "accuracy_vs_mults.png"]

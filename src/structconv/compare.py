@@ -40,6 +40,7 @@ from ._timing import fixed_threads, interleaved_times, median_ms
 from .complexity import count_ops
 from .convert import decompose
 from .data import input_size as dataset_input_size
+from .autotune import optimize
 from .deploy import fold_batchnorm
 from .models import create_model
 from .serialization import load
@@ -394,7 +395,10 @@ def measure_latency(study: _Study, *, say: Callable = print, warmup: int = 3, re
                     min_time: float = 2.0) -> dict:  # fmt: skip
     """Median CPU latency of every method's seed-0 deployed model, at each batch size, eager and
     (optionally) compiled: one interleaved loop per table, channels_last, threads fixed.
-    The three Struct methods share one deployed architecture per target, so it is timed once."""
+    The three Struct methods share one deployed architecture per target, so it is timed once:
+    in eager mode as :func:`structconv.autotune.optimize` deploys it (each layer decomposed or
+    recomposed dense, whichever measured faster; the untuned model is timed beside it as
+    ``"struct-A untuned"``), compiled as decomposed."""
     config = study.config
     models: dict[str, nn.Module] = {}
     for method in config.expanded_methods():
@@ -416,6 +420,11 @@ def measure_latency(study: _Study, *, say: Callable = print, warmup: int = 3, re
                     m = copy.deepcopy(model).to(memory_format=torch.channels_last)
                     if mode == "compiled":
                         m = torch.compile(m, options={"freezing": True})
+                    elif label.startswith("struct-"):
+                        # eager deployment is autotune's choice per layer (as in `structconv bench`);
+                        # the untuned decomposed model is timed beside it
+                        fns[f"{label} untuned"] = lambda m=m: m(x)
+                        m, _ = optimize(m, x, threads=threads, cache=False)
                     m(x)
                     fns[label] = lambda m=m: m(x)
                 times = interleaved_times(fns, warmup=warmup, repeats=repeats, min_time_s=min_time)
