@@ -55,6 +55,18 @@ def test_compare_pipeline_end_to_end(tmp_path, fmnist, capsys):
     assert "dense_steps" in capsys.readouterr().err
 
 
+def test_a_study_continues_when_its_directory_is_named_another_way(tmp_path, fmnist, capsys, monkeypatch):
+    # started with an absolute --output-dir, continued with a relative one: the fine-tune's
+    # --init-from (the study's own dense model) is the same file, so its finished run is kept
+    args = ["compare", "--data-path", str(fmnist), *ARGS, "--methods", "struct_ft", "--no-latency", "--no-plots"]
+    assert cli([*args, "--output-dir", str(tmp_path / "study")]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert cli([*args, "--output-dir", "study"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("finished earlier, kept") == 2, log
+
+
 def test_compare_validates_before_any_work(tmp_path, capsys):
     for argv, culprit in ((["--methods", "magic"], "--methods"), (["--targets", "C"], "--targets"),
                           (["--finetune-fraction", "2"], "--finetune-fraction"), (["--distill", "1.5"], "--distill")):  # fmt: skip

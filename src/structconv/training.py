@@ -226,6 +226,8 @@ class TrainConfig:
         d = asdict(self)
         d["lam"] = self.effective_lam
         d["projected_fraction"], d["distill"] = self.effective_projected_fraction, self.effective_distill
+        if self.init_from:  # the same file, named relative to the working directory or not
+            d["init_from"] = str(Path(self.init_from).expanduser().resolve())
         return {k: v for k, v in d.items() if k not in _RUN_CONTROL}
 
 
