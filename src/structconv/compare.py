@@ -37,10 +37,10 @@ from torch import nn
 
 from ._io import atomic_write_json, json_safe
 from ._timing import fixed_threads, interleaved_times, median_ms
+from .autotune import optimize
 from .complexity import count_ops
 from .convert import decompose
 from .data import input_size as dataset_input_size
-from .autotune import optimize
 from .deploy import fold_batchnorm
 from .models import create_model
 from .serialization import load

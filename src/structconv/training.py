@@ -315,6 +315,8 @@ def prepare_output(config: TrainConfig, *, is_main: bool = True) -> tuple[Path, 
 
 def _check_resume(config: TrainConfig, ckpt: dict, path: Path) -> None:
     saved = json_safe(ckpt["config"]) if "config" in ckpt else saved_meaning(ckpt.get("args") or {})
+    if saved.get("init_from"):  # checkpoints before meaning() resolved it hold the path as given
+        saved["init_from"] = str(Path(saved["init_from"]).expanduser().resolve())
     now = json_safe(config.meaning())
     changed = []
     for key, value in now.items():
