@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 
-from structconv._timing import fixed_threads, interleaved_times, median_ms
+from structconv._timing import fixed_threads, interleaved_times, median_ms, paired_ratio
 from structconv.models import create_model
 from structconv.regularizer import add_normalized_regularization_grad_, project_gradients_, project_weights_
 from structconv.regularizer import structural_regularization
@@ -76,7 +75,7 @@ def main(argv=None) -> None:
     print(f"{args.arch} Struct-{args.struct}, batch {args.batch}x{args.in_chans}x{args.size}x{args.size}, "
           f"{args.threads} thread(s), {args.repeats} interleaved rounds, torch {torch.__version__}")  # fmt: skip
     for k, ts in times.items():
-        ratio = statistics.median(a / b for a, b in zip(ts, times["sr_eq3"]))
+        ratio = paired_ratio(ts, times["sr_eq3"])
         print(f"  {k:14s} {median_ms(ts):8.1f} ms/step   {ratio:.2f}x the Eq. 3 step (median per round)")
     if args.json:
         with open(args.json, "w") as f:

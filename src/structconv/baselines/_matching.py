@@ -19,6 +19,21 @@ def input_size(example_input: torch.Tensor) -> tuple[int, ...]:
     return tuple(example_input.shape)
 
 
+def eval_forward(model: nn.Module, example_input: torch.Tensor, hooks=()) -> torch.Tensor:
+    """One no-grad forward of ``model`` in eval mode (BatchNorm statistics untouched), with the
+    forward hooks ``(module, fn)`` of ``hooks`` attached for it; restores the training flag and
+    removes the hooks whatever happens.  Returns the output."""
+    handles = [module.register_forward_hook(fn) for module, fn in hooks]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return model.eval()(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
 def mults_of(model: nn.Module, size: tuple[int, ...]) -> int:
     """The paper's multiplication count (:func:`structconv.count_ops`) of ``model`` on ``size``."""
     return count_ops(model, size).mults

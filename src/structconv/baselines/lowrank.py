@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ._matching import (
-    TOLERANCE, check_target, closest_step, input_size, miss, mults_of, rounding_order, sizes_after, within,
+    TOLERANCE, check_target, closest_step, eval_forward, input_size, miss, mults_of, rounding_order, sizes_after, within,
 )  # fmt: skip
 
 __all__ = ["weight_svd", "spatial_svd", "factor_weight_svd", "factor_spatial_svd"]
@@ -171,15 +171,7 @@ def _record_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, t
         return fn
 
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    eval_forward(model, example_input, [(m, hook(n)) for n, m in layers])
     return shapes
 
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..models.cifar_resnet import PadShortcut
 from ..serialization import atomic_save
-from ._matching import TOLERANCE, check_target, input_size, miss, mults_of, within
+from ._matching import TOLERANCE, check_target, eval_forward, input_size, miss, mults_of, within
 
 __all__ = ["ChannelMapShortcut", "prune_to_mults", "save_pruned", "load_pruned"]
 
@@ -129,15 +129,11 @@ def unpad_shortcuts(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     pads = [m for m in model.modules() if isinstance(m, PadShortcut)]
     if not pads:
         return model
-    hooks = [m.register_forward_hook(lambda m, args, out: widths.__setitem__(id(m), args[0].shape[1])) for m in pads]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+
+    def record(module, args, out):
+        widths[id(module)] = args[0].shape[1]
+
+    eval_forward(model, example_input, [(m, record) for m in pads])
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, PadShortcut):
@@ -184,12 +180,7 @@ def _names_of(model: nn.Module, modules: list[nn.Module]) -> list[str]:
 
 
 def _output_shape(model: nn.Module, example_input: torch.Tensor) -> torch.Size:
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            return model.eval()(example_input).shape
-    finally:
-        model.train(was_training)
+    return eval_forward(model, example_input).shape
 
 
 def _geometric_schedule(target_fraction: float, steps: int):
