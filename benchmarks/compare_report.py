@@ -24,7 +24,7 @@ LABELS = {
     "svd_weight": "weight SVD",
     "svd_spatial": "spatial SVD",
 }
-FROM_TRAINED = ("struct_ft", "prune", "svd_weight", "svd_spatial")
+FROM_TRAINED = ("struct_ft", "prune", "svd_weight", "svd_spatial")  # studies written before rows said so
 
 
 def _pm(mean: float, std: float) -> str:
@@ -33,11 +33,11 @@ def _pm(mean: float, std: float) -> str:
 
 def accuracy_table(summary: dict) -> list[str]:
     cfg = summary["config"]
-    lines = [f"| method | target | seeds | steps | accuracy (%) | Δ vs dense | params | mults | adds | mults vs target | s/step |",
+    lines = ["| method | target | seeds | steps | accuracy (%) | Δ vs dense | params | mults | adds | mults vs target | s/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     dense = next(r for r in summary["summary"] if r["method"] == "dense")
     for r in summary["summary"]:
-        steps = summary["finetune_steps"] if r["method"] in FROM_TRAINED else cfg["dense_steps"]
+        steps = summary["finetune_steps"] if r.get("from_trained", r["method"] in FROM_TRAINED) else cfg["dense_steps"]
         vs = "-" if r.get("mults_vs_target") is None else f"{r['mults_vs_target']:+.1%}"
         delta = "-" if r["method"] == "dense" else f"{r['accuracy_mean'] - dense['accuracy_mean']:+.2f}"
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['target'] or '-'} | {r['seeds']} | {steps} | "
@@ -47,7 +47,7 @@ def accuracy_table(summary: dict) -> list[str]:
 
 
 def curve_table(summary: dict) -> list[str]:
-    rows = [r for r in summary["summary"] if r["method"] in FROM_TRAINED and r["curve"]]
+    rows = [r for r in summary["summary"] if r["curve"]]
     if not rows:
         return []
     steps = sorted({p["step"] for r in rows for p in r["curve"]})

@@ -20,10 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from structconv._timing import fixed_threads, interleaved_times, median_ms, paired_ratio
+from structconv.convert import to_direct
 from structconv.models import create_model
-from structconv.regularizer import add_normalized_regularization_grad_, project_gradients_, project_weights_
-from structconv.regularizer import structural_regularization
-from structconv.training import to_direct
+from structconv.regularizer import (
+    add_normalized_regularization_grad_,
+    project_gradients_,
+    project_weights_,
+    structural_regularization,
+)
 
 
 def main(argv=None) -> None:

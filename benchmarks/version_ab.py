@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import io
 import json
 import subprocess
@@ -42,9 +43,14 @@ def import_revision(ref: str, directory: Path):
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(directory, filter="data")
     name = f"structconv_{ref}"
-    (directory / "src" / "structconv").rename(directory / "src" / name)
-    sys.path.insert(0, str(directory / "src"))
-    return importlib.import_module(name)
+    package = directory / "src" / "structconv"
+    # a package spec at its own location: its relative imports resolve inside it, and nothing
+    # is added to sys.path (so today's structconv stays the one `import structconv` finds)
+    spec = importlib.util.spec_from_file_location(name, package / "__init__.py", submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def old_decomposed(old, arch: str, struct: str, state_dict: dict):

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from structconv.reporting import format_table
 from structconv._io import json_safe
+from structconv.reporting import format_table
 from structconv.training import CHECKPOINT, RunInterrupted, TrainConfig, saved_meaning, train
 
 

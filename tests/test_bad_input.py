@@ -338,8 +338,8 @@ def test_more_bad_inputs_found_by_trying(tmp_path, runs, capsys):
     """Beyond the issue's list: cases found by trying more inputs the same way."""
     model = str(runs / "sr" / "model.pth")
     cases = [
-        (["train", "--arch", "vit_b_16", "--struct", "A", "--output-dir", str(tmp_path / "v")], "no Struct-A plan"),
-        (["compare", "--arch", "vit_b_16", "--output-dir", str(tmp_path / "c")], "no Struct-A/B plan"),
+        (["train", "--arch", "vit_b_16", "--struct", "A", "--output-dir", str(tmp_path / "v")], "no Struct-A preset"),
+        (["compare", "--arch", "vit_b_16", "--output-dir", str(tmp_path / "c")], "no Struct-A/B preset"),
         (["decompose", model, "-o", "/proc/structconv-test.pth"], "/proc/structconv-test.pth"),
         (["profile", "--arch", "cifar_resnet20", "--input-size", "3", "0", "32"], "--input-size"),
         (["bench", "--arch", "cifar_resnet20", "--ratio", "inf"], "--ratio"),

@@ -253,7 +253,7 @@ def test_svd_hits_the_target_and_keeps_grouped_convs(method, name, fraction):
 def test_weight_svd_on_resnet18_respects_filter_fn():
     model, x = trained_like("resnet18")
     dense = mults(model, x)
-    factored = weight_svd(model, x, 0.5 * dense, filter_fn=lambda name, m: not name.startswith("layer4"))
+    factored = weight_svd(model, x, 0.5 * dense, filter_fn=lambda m, name: not name.startswith("layer4"))
     assert_within(mults(factored, x), 0.5 * dense)
     assert all(isinstance(m, nn.Conv2d) for m in (factored.layer4[0].conv1, factored.layer4[1].conv2))
     assert isinstance(factored.layer1[0].conv1, nn.Sequential)

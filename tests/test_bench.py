@@ -5,9 +5,9 @@ import torch
 
 import structconv as sc
 from structconv import benchmark
-from structconv.cli import bench
 from structconv._timing import fixed_threads, interleaved_times
 from structconv.allocator import glibc_malloc_available
+from structconv.cli import bench
 
 
 def _args(*extra):
@@ -90,13 +90,13 @@ def test_bench_text_output_through_the_cli(tmp_path, capsys):
 
 
 def test_bench_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="batch"):
-        benchmark.run_benchmark("cifar_resnet20", struct="A", batches=(0,))
+    with pytest.raises(ValueError, match=r"batches item 0 must be an integer >= 1"):
+        benchmark.run_benchmark(benchmark.BenchmarkConfig("cifar_resnet20", struct="A", batches=(0,)))
     with pytest.raises(ValueError, match="struct"):
         benchmark.build_models("cifar_resnet20")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
-            benchmark.run_benchmark("cifar_resnet20", struct="A", device="cuda")
+            benchmark.run_benchmark(benchmark.BenchmarkConfig("cifar_resnet20", struct="A", device="cuda"))
 
 
 def test_interleaved_times_alternates_and_counts():

@@ -52,7 +52,7 @@ def test_compare_pipeline_end_to_end(tmp_path, fmnist, capsys):
     assert all(p.read_bytes() == data for p, data in before.items())
     # other settings in the same directory are refused
     assert cli(["compare", "--data-path", str(fmnist), "--output-dir", str(out), *ARGS, "--dense-steps", "5"]) == 2
-    assert "dense_steps" in capsys.readouterr().err
+    assert "--dense-steps" in capsys.readouterr().err
 
 
 def test_a_study_continues_when_its_directory_is_named_another_way(tmp_path, fmnist, capsys, monkeypatch):

@@ -3,7 +3,7 @@
 Unit tests of :func:`find_unsafe_layers` / :func:`find_unsafe_layers_static` on tiny modules,
 and (slow) every torchvision classifier and a timm sample: after leaving the flagged layers
 dense, ``structurize -> project_ -> decompose`` is exact in float64 and structures something.
-The slow models are built by ``benchmarks/model_coverage.py``'s ``cheap_model``: the model's
+The slow models are built by :func:`structconv.coverage.cheap_model`: the model's
 own initialization is skipped (no memory touched), every run of repeated shape-preserving
 blocks is cut to its first two (vit_h_14 keeps two encoder blocks of its original width), then
 a simple random init; inputs are the smallest size each model accepts.  Every layer width is
@@ -11,8 +11,6 @@ checked (the projections are linear in the width); ``benchmarks/model_coverage.p
 checks the models at their full size.
 """
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,13 +20,10 @@ from torch.nn.utils import parametrize
 from torchvision.models.vision_transformer import EncoderBlock
 
 import structconv as sc
+from structconv import coverage as mc
 from structconv.usage import find_unsafe_layers, find_unsafe_layers_static
 
 from .conftest import rel_err
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import model_coverage as mc  # noqa: E402
-
 
 
 # ------------------------------------------------------------------------------------------

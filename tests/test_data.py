@@ -60,7 +60,7 @@ def test_missing_and_unknown_datasets_are_clear(tmp_path, monkeypatch):
         build_datasets("cifar10", tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="ImageFolder"):
         build_datasets("imagenet", tmp_path / "empty")
-    with pytest.raises(ValueError, match="unknown dataset 'mnist3d'"):
+    with pytest.raises(ValueError, match="dataset='mnist3d' must be one of"):
         build_datasets("mnist3d", tmp_path)
 
 

@@ -4,10 +4,9 @@ import pytest
 import torch
 
 import structconv as sc
-from structconv.models import PAPER_MODELS, create_model, default_input_size, list_models
+from structconv.models import PAPER_MODELS, create_model, default_input_size, get_entry, list_models
 from structconv.models.cifar_resnet import PadShortcut
-from structconv.models import get_entry
-from structconv.models.plans import plan_for
+from structconv.models.presets import preset_specs
 
 
 @pytest.mark.parametrize("depth,params", [(20, 0.27e6), (32, 0.46e6), (56, 0.85e6)])
@@ -40,7 +39,7 @@ def test_list_models_and_input_sizes():
 def test_struct_plan_keeps_the_function_and_converts_every_layer(struct):
     torch.manual_seed(0)
     dense = create_model("cifar_resnet20", num_classes=7, in_chans=1).eval()
-    model = sc.structurize(dense, overrides=plan_for("cifar_resnet20", struct, dense))
+    model = sc.structurize(dense, overrides=preset_specs("cifar_resnet20", struct, dense))
     model.eval()
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(model(x), dense(x), rtol=1e-5, atol=1e-5)
@@ -56,14 +55,14 @@ def test_struct_b_compresses_more_than_a():
 
 
 def test_every_plan_names_a_registered_model():
-    assert all(get_entry(arch).plans for arch in PAPER_MODELS)
+    assert all(get_entry(arch).presets for arch in PAPER_MODELS)
 
 
 def test_plans_follow_docs_plans_md():
     # CIFAR Struct-B: every 3x3 at c = ceil(9C/16), n = 2; ResNet18 Struct-A: 3x3 at c = C, n = 2, stem dense
-    plan = plan_for("cifar_resnet20", "B", create_model("cifar_resnet20"))
+    plan = preset_specs("cifar_resnet20", "B", create_model("cifar_resnet20"))
     assert plan["layer3.0.conv2"] == sc.StructureSpec(36, (2, 2)) and plan["conv1"] == sc.StructureSpec(1, (3, 3))
-    plan = plan_for("resnet18", "A", create_model("resnet18"))
+    plan = preset_specs("resnet18", "A", create_model("resnet18"))
     assert plan["layer2.0.conv1"] == sc.StructureSpec(64, (2, 2)) and plan["conv1"] is None
     assert plan["layer2.0.downsample.0"] == sc.StructureSpec(32, (1, 1))
 
@@ -86,7 +85,7 @@ def test_torchvision_in_chans_is_adapted_generically():
 def test_errors_are_clear():
     with pytest.raises(ValueError, match="unknown architecture 'resnet_does_not_exist'"):
         create_model("resnet_does_not_exist")
-    with pytest.raises(ValueError, match="no Struct-B plan for 'efficientnet_b1'"):
+    with pytest.raises(ValueError, match="no Struct-B preset for 'efficientnet_b1'"):
         create_model("efficientnet_b1", struct="B")
     with pytest.raises(ValueError, match="not both"):
         create_model("cifar_resnet20", struct="A", ratio=2.0)

@@ -9,7 +9,8 @@ Typical use::
     print(sc.count_ops(deployed, (1, 3, 224, 224)))
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from .basis import CompositeBasis, StructuredBasis
 from .complexity import OpsReport, count_ops
@@ -50,10 +51,39 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
 __all__ = [
-    "CompositeBasis", "StructuredBasis", "OpsReport", "count_ops", "StructurePlan", "StructureSpec",
-    "decompose", "plan", "structurize", "DEFAULT_TOLERANCE", "StructureWarning", "UnstructuredError", "box_sum", "structured_conv", "sum_pool",
-    "CompositeConv1d", "CompositeConv2d", "CompositeConv3d", "DecomposedCompositeConv",
-    "DecomposedConv1d", "DecomposedConv2d", "DecomposedConv3d", "DecomposedLayer", "DecomposedLinear",
-    "StructuredConv1d", "StructuredConv2d", "StructuredConv3d", "StructuredLayer", "StructuredLinear",
-    "SumPool", "structural_regularization", "structure_errors", "load", "save", "__version__",
-]  # fmt: skip
+    "CompositeBasis",
+    "StructuredBasis",
+    "OpsReport",
+    "count_ops",
+    "StructurePlan",
+    "StructureSpec",
+    "decompose",
+    "plan",
+    "structurize",
+    "DEFAULT_TOLERANCE",
+    "StructureWarning",
+    "UnstructuredError",
+    "box_sum",
+    "structured_conv",
+    "sum_pool",
+    "CompositeConv1d",
+    "CompositeConv2d",
+    "CompositeConv3d",
+    "DecomposedCompositeConv",
+    "DecomposedConv1d",
+    "DecomposedConv2d",
+    "DecomposedConv3d",
+    "DecomposedLayer",
+    "DecomposedLinear",
+    "StructuredConv1d",
+    "StructuredConv2d",
+    "StructuredConv3d",
+    "StructuredLayer",
+    "StructuredLinear",
+    "SumPool",
+    "structural_regularization",
+    "structure_errors",
+    "load",
+    "save",
+    "__version__",
+]

@@ -39,9 +39,12 @@ def atomic_write(path: str | os.PathLike, write: Callable, mode: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         # torch's zip writer reports a failed write (ENOSPC, EFBIG, EIO) as a RuntimeError
-        if isinstance(err, RuntimeError) and any(k in str(err) for k in ("inline_container", "PytorchStreamWriter", "write")):
-            raise OSError(f"could not write {str(path)!r} (disk full or quota exceeded?): "
-                          f"{str(err).splitlines()[0]}") from None  # fmt: skip
+        if isinstance(err, RuntimeError) and any(
+            k in str(err) for k in ("inline_container", "PytorchStreamWriter", "write")
+        ):
+            raise OSError(
+                f"could not write {str(path)!r} (disk full or quota exceeded?): {str(err).splitlines()[0]}"
+            ) from None
         if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
             raise OSError(err.errno, f"could not write {str(path)!r}: {err.strerror or err}") from None
         raise

@@ -14,7 +14,15 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["interleaved_times", "median_ms", "paired_ratio", "fixed_threads", "page_faults_per_call", "call", "capture_inputs"]
+__all__ = [
+    "interleaved_times",
+    "median_ms",
+    "paired_ratio",
+    "fixed_threads",
+    "page_faults_per_call",
+    "call",
+    "capture_inputs",
+]
 
 
 @contextmanager

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from . import pooling as _sp
 from ._io import atomic_write_json
 from ._timing import call, capture_inputs, fixed_threads, interleaved_times, median_ms, paired_ratio
-from .convert import _set_submodule
-from .layers import DecomposedLinear, _DecomposedConvNd
+from .convert import set_submodule
+from .layers import DecomposedConvNd, DecomposedLinear
 from .reporting import format_table
 from .speed_plan import SpeedPlan, candidate_structures, speed_plan  # noqa: F401 - their former home
 
@@ -102,8 +102,17 @@ class TuneReport:
             runs = c.choice if c.choice == "dense" else f"decomposed ({c.pool})"
             if c.cached:
                 runs += " [cached]"
-            rows.append((c.name, c.layer, "x".join(map(str, c.input_shape)), f"{c.decomposed_ms:.3f}",
-                         f"{c.dense_ms:.3f}", f"{c.speedup:.2f}x", runs))  # fmt: skip
+            rows.append(
+                (
+                    c.name,
+                    c.layer,
+                    "x".join(map(str, c.input_shape)),
+                    f"{c.decomposed_ms:.3f}",
+                    f"{c.dense_ms:.3f}",
+                    f"{c.speedup:.2f}x",
+                    runs,
+                )
+            )
         n_dense = len(self.dense_layers)
         head = (
             f"Autotune ({self.device}, {self.threads} thread(s), {self.memory_format}): "
@@ -112,9 +121,11 @@ class TuneReport:
         tail = []
         if self.whole_model:
             w = self.whole_model
-            tail.append(f"whole model ({w['rounds']} rounds): as tuned {w['tuned_ms']:.3f} ms, every layer dense "
-                        f"{w['all_dense_ms']:.3f} ms, per-round ratio {w['tuned_over_dense']:.2f}"
-                        f" -> runs {'as tuned' if w['choice'] == 'tuned' else 'every layer dense'}")  # fmt: skip
+            tail.append(
+                f"whole model ({w['rounds']} rounds): as tuned {w['tuned_ms']:.3f} ms, every layer dense "
+                f"{w['all_dense_ms']:.3f} ms, per-round ratio {w['tuned_over_dense']:.2f}"
+                f" -> runs {'as tuned' if w['choice'] == 'tuned' else 'every layer dense'}"
+            )
         return "\n".join([head, format_table(rows), *tail])
 
 
@@ -127,12 +138,18 @@ _ENTRY_FIELDS = {"choice": str, "pool": str, "decomposed_ms": (int, float), "den
 def _valid_pool(pool: str) -> bool:
     """A recorded variant (``'<channel>'`` or ``'<channel>+<spatial>'``) names known backends."""
     channel, _, spatial = pool.partition("+")
-    return (channel == "-" or channel in _sp.BACKENDS["channel"]) and (not spatial or spatial in _sp.BACKENDS["spatial"])
+    return (channel == "-" or channel in _sp.BACKENDS["channel"]) and (
+        not spatial or spatial in _sp.BACKENDS["spatial"]
+    )
 
 
 def _valid_entry(entry) -> bool:
-    return (isinstance(entry, dict) and all(isinstance(entry.get(k), t) for k, t in _ENTRY_FIELDS.items())
-            and entry["choice"] in _CHOICES and _valid_pool(entry["pool"]))  # fmt: skip
+    return (
+        isinstance(entry, dict)
+        and all(isinstance(entry.get(k), t) for k, t in _ENTRY_FIELDS.items())
+        and entry["choice"] in _CHOICES
+        and _valid_pool(entry["pool"])
+    )
 
 
 def _load_cache(path: Path | None) -> dict:
@@ -143,17 +160,27 @@ def _load_cache(path: Path | None) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        warnings.warn(f"autotune cache {str(path)!r} is unreadable ({type(err).__name__}); ignoring it, "
-                      "it will be rebuilt", RuntimeWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"autotune cache {str(path)!r} is unreadable ({type(err).__name__}); ignoring it, it will be rebuilt",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return {}
     if not isinstance(data, dict):
-        warnings.warn(f"autotune cache {str(path)!r} is not a JSON object; ignoring it, it will be rebuilt",
-                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"autotune cache {str(path)!r} is not a JSON object; ignoring it, it will be rebuilt",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return {}
     good = {k: v for k, v in data.items() if _valid_entry(v)}
     if len(good) < len(data):
-        warnings.warn(f"autotune cache {str(path)!r}: ignoring {len(data) - len(good)} malformed entries "
-                      "(they will be re-measured)", RuntimeWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"autotune cache {str(path)!r}: ignoring {len(data) - len(good)} malformed entries "
+            "(they will be re-measured)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return good
 
 
@@ -178,7 +205,7 @@ def _layout(x: Tensor) -> str:
 
 
 def _describe_layer(m: nn.Module) -> str:
-    if isinstance(m, _DecomposedConvNd):
+    if isinstance(m, DecomposedConvNd):
         k = "x".join(map(str, m.kernel_size))
         n = "x".join(map(str, m.n))
         s = f"Conv{m._nd}d {m.in_channels}->{m.out_channels} k{k} c{m.c} n{n}"
@@ -196,24 +223,32 @@ def _describe_layer(m: nn.Module) -> str:
 
 def _cache_key(m: nn.Module, x: Tensor, threads: int) -> str:
     extra = ""
-    if isinstance(m, _DecomposedConvNd):
+    if isinstance(m, DecomposedConvNd):
         extra = f"p{m.padding}b{m.bias is not None}"
-    return "|".join([
-        _describe_layer(m), extra, "x".join(map(str, x.shape)), _layout(x), str(x.dtype).replace("torch.", ""),
-        x.device.type, f"t{threads}", f"torch{torch.__version__}",
-    ])  # fmt: skip
+    return "|".join(
+        [
+            _describe_layer(m),
+            extra,
+            "x".join(map(str, x.shape)),
+            _layout(x),
+            str(x.dtype).replace("torch.", ""),
+            x.device.type,
+            f"t{threads}",
+            f"torch{torch.__version__}",
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # optimize
 # ------------------------------------------------------------------------------------------
 def _tunable(m: nn.Module) -> bool:
-    return isinstance(m, (_DecomposedConvNd, DecomposedLinear))
+    return isinstance(m, (DecomposedConvNd, DecomposedLinear))
 
 
 def _dense_like(layer: nn.Module, x: Tensor) -> nn.Module:
     dense = layer.recompose()
-    if isinstance(layer, _DecomposedConvNd) and x.dim() in (4, 5) and _layout(x).startswith("channels_last"):
+    if isinstance(layer, DecomposedConvNd) and x.dim() in (4, 5) and _layout(x).startswith("channels_last"):
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         dense = dense.to(memory_format=fmt)
     return dense.eval()
@@ -223,7 +258,7 @@ def _pool_variants(layer: nn.Module, x: Tensor) -> list[str]:
     """Sum-pool variants to time for ``layer`` on input ``x``: every applicable combination of
     backends from :data:`structconv.pooling.BACKENDS`, written ``'<channel>+<spatial>'``
     (``'-'`` when there is no channel pool; the spatial part only where several backends apply)."""
-    if not isinstance(layer, _DecomposedConvNd):
+    if not isinstance(layer, DecomposedConvNd):
         return ["-"]
     spec = layer.pool.spec
     channel = _sp.applicable_backends("channel", spec, x) if spec.channel_window > 1 else ["-"]
@@ -234,7 +269,7 @@ def _pool_variants(layer: nn.Module, x: Tensor) -> list[str]:
 
 
 def _set_pool(layer: nn.Module, method: str) -> None:
-    if not isinstance(layer, _DecomposedConvNd):
+    if not isinstance(layer, DecomposedConvNd):
         return
     channel, _, spatial = method.partition("+")
     if channel != "-":
@@ -287,7 +322,7 @@ def optimize(
     if not inplace:
         model = copy.deepcopy(model)
     names = [name for name, m in model.named_modules() if _tunable(m) and name]
-    if isinstance(model, (_DecomposedConvNd, DecomposedLinear)):
+    if isinstance(model, (DecomposedConvNd, DecomposedLinear)):
         raise ValueError("optimize: pass a model containing decomposed layers, not a single layer")
     if not names:
         raise ValueError(
@@ -332,8 +367,9 @@ def optimize(
                         _set_pool(variant, method)
                         variants[method] = variant
                         fns[f"dec:{method}"] = lambda v=variant: v(x)
-                    times = interleaved_times(fns, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
-                                              device=x.device)  # fmt: skip
+                    times = interleaved_times(
+                        fns, warmup=warmup, repeats=repeats, min_time_s=min_time_s, device=x.device
+                    )
                     medians = {k: median_ms(v) for k, v in times.items()}
                     pool = min(pools, key=lambda p: medians[f"dec:{p}"])
                     dec_ms, dense_ms = medians[f"dec:{pool}"], medians["dense"]
@@ -341,14 +377,32 @@ def optimize(
                     cached = False
                     new_entries[key] = {"choice": choice, "pool": pool, "decomposed_ms": dec_ms, "dense_ms": dense_ms}
                 if choice == "dense":
-                    _set_submodule(model, name, _dense_like(layer, x))
+                    set_submodule(model, name, _dense_like(layer, x))
                 else:
                     _set_pool(layer, pool)
-                report.layers.append(LayerChoice(name, _describe_layer(layer), tuple(x.shape), choice,
-                                                 pool if choice == "decomposed" else "-", dec_ms, dense_ms, cached))  # fmt: skip
+                report.layers.append(
+                    LayerChoice(
+                        name,
+                        _describe_layer(layer),
+                        tuple(x.shape),
+                        choice,
+                        pool if choice == "decomposed" else "-",
+                        dec_ms,
+                        dense_ms,
+                        cached,
+                    )
+                )
             if whole_model and any(c.choice == "decomposed" for c in report.layers):
-                _check_whole_model(model, example_input, inputs, report, warmup=warmup, repeats=repeats,
-                                   min_time_s=min_time_s, margin=margin)  # fmt: skip
+                _check_whole_model(
+                    model,
+                    example_input,
+                    inputs,
+                    report,
+                    warmup=warmup,
+                    repeats=repeats,
+                    min_time_s=min_time_s,
+                    margin=margin,
+                )
     if new_entries:
         try:
             _save_cache(cache_path, new_entries)
@@ -367,10 +421,15 @@ def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warm
     all_dense = copy.deepcopy(model)
     dense_layers = {c.name: _dense_like(all_dense.get_submodule(c.name), inputs[c.name]) for c in decomposed}
     for name, layer in dense_layers.items():
-        _set_submodule(all_dense, name, layer)
+        set_submodule(all_dense, name, layer)
     device = inputs[decomposed[0].name].device
-    times = interleaved_times({"tuned": lambda: call(model, example_input), "dense": lambda: call(all_dense, example_input)},
-                              warmup=warmup, repeats=repeats, min_time_s=max(min_time_s, 1.0), device=device)  # fmt: skip
+    times = interleaved_times(
+        {"tuned": lambda: call(model, example_input), "dense": lambda: call(all_dense, example_input)},
+        warmup=warmup,
+        repeats=repeats,
+        min_time_s=max(min_time_s, 1.0),
+        device=device,
+    )
     # Decide on the median of the per-round ratios: both models run back to back in every
     # round, so a slow phase of a shared machine (harder on the memory-bound decomposed
     # model) hits both and cancels in the ratio.
@@ -378,9 +437,14 @@ def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warm
     # Ties go to dense, the reference: a deployed model must never be slower than it (an
     # allowance kept measurably slower tuned models).
     choice = "all_dense" if ratio >= margin else "tuned"
-    report.whole_model = {"tuned_ms": median_ms(times["tuned"]), "all_dense_ms": median_ms(times["dense"]),
-                          "tuned_over_dense": ratio, "rounds": len(times["tuned"]), "choice": choice}  # fmt: skip
+    report.whole_model = {
+        "tuned_ms": median_ms(times["tuned"]),
+        "all_dense_ms": median_ms(times["dense"]),
+        "tuned_over_dense": ratio,
+        "rounds": len(times["tuned"]),
+        "choice": choice,
+    }
     if choice == "all_dense":
         for c in decomposed:
-            _set_submodule(model, c.name, dense_layers[c.name])
+            set_submodule(model, c.name, dense_layers[c.name])
             c.choice, c.pool = "dense", "-"

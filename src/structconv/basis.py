@@ -333,13 +333,9 @@ class StructuredBasis(_Projection):
         object.__setattr__(self, "kernel_size", tuple(int(k) for k in self.kernel_size))
         object.__setattr__(self, "n", tuple(int(v) for v in self.n))
         if len(self.n) != len(self.kernel_size):
-            raise ValueError(
-                f"n={self.n} must have one entry per kernel axis (kernel_size={self.kernel_size})"
-            )
+            raise ValueError(f"n={self.n} must have one entry per kernel axis (kernel_size={self.kernel_size})")
         if not 1 <= self.c <= self.channels:
-            raise ValueError(
-                f"c={self.c} must satisfy 1 <= c <= C, the input channels per group (C={self.channels})"
-            )
+            raise ValueError(f"c={self.c} must satisfy 1 <= c <= C, the input channels per group (C={self.channels})")
         for axis, (k, m) in enumerate(zip(self.kernel_size, self.n)):
             if not 1 <= m <= k:
                 raise ValueError(
@@ -394,7 +390,7 @@ class StructuredBasis(_Projection):
         return ops
 
     def _check_trailing(self, t: Tensor, shape: tuple[int, ...], what: str) -> None:
-        if tuple(t.shape[t.dim() - len(shape):]) != shape:
+        if tuple(t.shape[t.dim() - len(shape) :]) != shape:
             raise ValueError(f"{what} must end with shape {shape}, got {tuple(t.shape)}")
 
     def project(self, weight: Tensor) -> Tensor:
@@ -482,9 +478,7 @@ class CompositeBasis(_Projection):
             raise ValueError(f"{m} masks of {a.shape[0]} elements each cannot be linearly independent")
         rank = int(torch.linalg.matrix_rank(a))
         if rank < m:
-            raise ValueError(
-                f"composite basis masks must be linearly independent: {m} masks span only rank {rank}"
-            )
+            raise ValueError(f"composite basis masks must be linearly independent: {m} masks span only rank {rank}")
         if bool((a.sum(0) == 0).any()):
             empty = (a.sum(0) == 0).nonzero().flatten().tolist()
             raise ValueError(f"composite basis masks {empty} are all zeros")
@@ -517,7 +511,7 @@ class CompositeBasis(_Projection):
 
     def _flat(self, weight: Tensor) -> Tensor:
         shape = self.full_shape
-        if tuple(weight.shape[weight.dim() - len(shape):]) != shape:
+        if tuple(weight.shape[weight.dim() - len(shape) :]) != shape:
             raise ValueError(f"weight must end with shape {shape}, got {tuple(weight.shape)}")
         return weight.reshape(*weight.shape[: weight.dim() - len(shape)], -1)
 

@@ -21,7 +21,9 @@ Unless ``--malloc system``, glibc is first told to keep freed memory
 call may page-fault its activations back (22 % of a CIFAR ResNet56 call in a fresh process).
 
 Timing is measured, never asserted: the machines are shared, so compare ratios from one run.
-:func:`run_benchmark` takes keyword arguments; ``structconv bench`` is a thin wrapper.
+:func:`run_benchmark` takes a :class:`BenchmarkConfig`; ``structconv bench`` is a thin wrapper.
+:func:`time_models` times any set of deployed models the same way (``structconv compare``'s
+latency tables).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import validation as v
 from ._timing import fixed_threads, interleaved_times, median_ms, page_faults_per_call, paired_ratio
 from .allocator import retain_freed_memory
 from .autotune import optimize
@@ -44,13 +47,21 @@ from .convert import decompose, plan, structurize
 from .deploy import fold_batchnorm
 from .distributed import parse_device
 from .export import export_onnx
-from .layers import StructuredLayer
+from .layers import DecomposedLayer, StructuredLayer
 from .models import create_model, default_input_size
-from .models.plans import struct_overrides
+from .models.presets import preset_overrides
 from .reporting import relative_error
 from .speed_plan import speed_plan
 
-__all__ = ["build_models", "reference_plan", "input_size_for", "run_benchmark", "format_row"]
+__all__ = [
+    "BenchmarkConfig",
+    "build_models",
+    "preset_plan",
+    "input_size_for",
+    "run_benchmark",
+    "time_models",
+    "format_row",
+]
 
 
 # ------------------------------------------------------------------------------------------
@@ -64,8 +75,15 @@ def input_size_for(arch: str, image_size: int | None) -> tuple[int, int, int]:
     return (chans, h, w)
 
 
-def build_models(arch: str, *, struct: str | None = None, ratio: float | None = None, num_classes: int | None = None,
-                 overrides=None, seed: int = 0) -> tuple[nn.Module, nn.Module]:  # fmt: skip
+def build_models(
+    arch: str,
+    *,
+    struct: str | None = None,
+    ratio: float | None = None,
+    num_classes: int | None = None,
+    overrides=None,
+    seed: int = 0,
+) -> tuple[nn.Module, nn.Module]:
     """``(dense, structured)`` in eval mode: the dense original and its structured training form.
 
     Uses :func:`structconv.models.create_model`.  The structured model gets the dense model's
@@ -73,13 +91,13 @@ def build_models(arch: str, *, struct: str | None = None, ratio: float | None = 
     weights are fine for timing.  ``overrides`` (e.g. from a speed plan) apply with ``ratio``.
     """
     if struct is None and ratio is None:
-        raise ValueError("give --struct A|B or --ratio R")
+        raise v.ArgumentError("give {struct} A|B or {ratio} R")
     torch.manual_seed(seed)
     dense = create_model(arch, num_classes=num_classes)
     if struct is not None and overrides is None:
         structured = create_model(arch, num_classes=num_classes, struct=struct)
     elif struct is not None:  # a speed plan over the Struct-A/B plan
-        base, struct_over = struct_overrides(arch, struct, dense)
+        base, struct_over = preset_overrides(arch, struct, dense)
         structured = structurize(dense, base, overrides={**struct_over, **overrides})
     else:
         structured = structurize(dense, ratio or 2.0, overrides=overrides)
@@ -91,10 +109,10 @@ def build_models(arch: str, *, struct: str | None = None, ratio: float | None = 
     return dense.eval(), structured.eval()
 
 
-def reference_plan(arch: str, struct: str, dense: nn.Module):
-    """The Struct-``struct`` :class:`~structconv.convert.StructurePlan` of ``dense`` (architecture
-    ``arch``): the per-layer ratios a speed plan for that struct keeps."""
-    base, overrides = struct_overrides(arch, struct, dense)
+def preset_plan(arch: str, struct: str, dense: nn.Module):
+    """The :class:`~structconv.convert.StructurePlan` of the Struct-``struct`` preset of ``dense``
+    (architecture ``arch``): the per-layer ratios a speed plan for that preset keeps."""
+    base, overrides = preset_overrides(arch, struct, dense)
     return plan(dense, base, overrides=overrides)
 
 
@@ -110,7 +128,9 @@ def _randomize_bn(model: nn.Module, seed: int) -> None:
 
 def _with_layout(model: nn.Module, x: torch.Tensor, layout: str) -> tuple[nn.Module, torch.Tensor]:
     if layout == "channels_last" and x.dim() == 4:
-        return copy.deepcopy(model).to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        return copy.deepcopy(model).to(memory_format=torch.channels_last), x.contiguous(
+            memory_format=torch.channels_last
+        )
     return model, x.contiguous()
 
 
@@ -145,94 +165,95 @@ def _ort_times(dense: nn.Module, deployed: nn.Module, x: torch.Tensor, threads: 
     outs = {k: torch.from_numpy(fns[k]()[0]) for k in fns}
     times = interleaved_times(fns, warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time)
     d, m = median_ms(times["dense"]), median_ms(times["decomposed"])
-    return {"dense_ms": d, "decomposed_ms": m, "speedup": d / m, "rounds": len(times["dense"]),
-            "rel_err_vs_torch": relative_error(outs["decomposed"], deployed(x).float().cpu())}  # fmt: skip
+    return {
+        "dense_ms": d,
+        "decomposed_ms": m,
+        "speedup": d / m,
+        "rounds": len(times["dense"]),
+        "rel_err_vs_torch": relative_error(outs["decomposed"], deployed(x).float().cpu()),
+    }
 
 
 # ------------------------------------------------------------------------------------------
 # the benchmark
 # ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Settings:
-    arch: str
-    struct: str | None
-    ratio: float | None
-    plan: str
-    batches: tuple[int, ...]
-    image_size: int | None
-    num_classes: int | None
-    threads: int | None
-    device: str
-    warmup: int
-    repeats: int
-    min_time: float
-    layout: str
-    fold_bn: bool
-    autotune: bool
-    cache: str | None
-    onnx: bool | None
-    compile: bool
-    malloc: str
-    seed: int
+@dataclass
+class BenchmarkConfig:
+    """What ``structconv bench`` times; :meth:`validate` checks it before any work.
 
-
-def run_benchmark(arch: str, *, struct: str | None = None, ratio: float | None = None, plan: str = "default",
-                  batches=(1, 8), image_size: int | None = None, num_classes: int | None = None,
-                  threads: int | None = None, device: str = "cpu", warmup: int = 3, repeats: int = 15,
-                  min_time: float = 2.0, layout: str = "auto", fold_bn: bool = True, autotune: bool = True,
-                  cache: str | None = None, onnx: bool | None = None, compile: bool = False, malloc: str = "retain",
-                  seed: int = 0, command: str | None = None, on_row=None) -> dict:  # fmt: skip
-    """Time ``arch`` dense against its decomposed Struct-``struct`` (or uniform ``ratio``) form.
-
-    ``plan='speed'`` picks each layer's ``(c, n)`` by measured speed at the same compression
-    (:func:`structconv.speed_plan.speed_plan`).  For every batch size in ``batches``, both models
-    run in each ``layout`` (``'auto'``: contiguous and channels_last, each model keeping its
-    faster one), interleaved, after ``warmup`` rounds, for at least ``repeats`` rounds and
-    ``min_time`` seconds, with ``threads`` fixed.  ``autotune`` runs :func:`~structconv.autotune.optimize`
-    (decisions cached in ``cache``, default ``~/.cache/structconv/autotune.json``); ``compile``
-    and ``onnx`` add ``torch.compile`` and ONNX Runtime timings; ``malloc='retain'`` first calls
-    :func:`structconv.allocator.retain_freed_memory`.  ``on_row(result, row, tune_report)`` is
-    called after each batch size (for printing).  Returns the JSON-ready result.
+    ``plan_by='speed'`` picks each layer's ``(c, n)`` by measured speed at the compression of the
+    Struct preset (or ``ratio``) (:func:`structconv.speed_plan.speed_plan`); ``'preset'`` uses the
+    preset's own.  For every batch size in ``batches``, both models run in each ``layout``
+    (``'auto'``: contiguous and channels_last, each model keeping its faster one), interleaved,
+    after ``warmup`` rounds, for at least ``repeats`` rounds and ``min_time`` seconds, with
+    ``threads`` fixed.  ``autotune`` runs :func:`~structconv.autotune.optimize` (decisions cached
+    in ``cache``, default ``~/.cache/structconv/autotune.json``); ``compile`` and ``onnx`` add
+    ``torch.compile`` and ONNX Runtime timings (``onnx=None``: when onnxruntime is installed);
+    ``malloc='retain'`` first calls :func:`structconv.allocator.retain_freed_memory`.
     """
-    if plan not in ("default", "speed"):
-        raise ValueError(f"--plan {plan!r}: choose default or speed")
-    if layout not in ("auto", "contiguous", "channels_last"):
-        raise ValueError(f"--layout {layout!r}: choose auto, contiguous or channels_last")
-    if malloc not in ("retain", "system"):
-        raise ValueError(f"--malloc {malloc!r}: choose retain or system")
-    batches = tuple(batches)
-    if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
-        raise ValueError(f"--batch {','.join(map(str, batches))!r} must list positive batch sizes, e.g. 1,8,32")
-    for flag, value, low in (("--warmup", warmup, 0), ("--repeats", repeats, 1), ("--threads", threads, 1),
-                             ("--image-size", image_size, 1), ("--num-classes", num_classes, 1)):  # fmt: skip
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ValueError(f"{flag} {value!r} must be an integer >= {low}")
-    if not (isinstance(min_time, (int, float)) and min_time >= 0 and min_time < float("inf")):
-        raise ValueError(f"--min-time {min_time!r} must be a finite number of seconds >= 0")
-    if struct is None and ratio is None:
-        raise ValueError("give --struct A|B or --ratio R")
-    args = _Settings(arch, struct, ratio, plan, batches, image_size, num_classes, threads, device, warmup, repeats,
-                     float(min_time), layout, fold_bn, autotune, cache, onnx, compile, malloc, seed)  # fmt: skip
+
+    arch: str = v.option("cifar_resnet20", v.Text())
+    struct: str | None = v.option(None, v.Choice(("A", "B"), optional=True))
+    ratio: float | None = v.option(None, v.Number(low=1.0, optional=True))
+    plan_by: str = v.option("preset", v.Choice(("preset", "speed")))
+    batches: tuple = v.option((1, 8), v.Items(v.Integer(low=1)))
+    image_size: int | None = v.option(None, v.Integer(low=1, optional=True))
+    num_classes: int | None = v.option(None, v.Integer(low=1, optional=True))
+    threads: int | None = v.option(None, v.Integer(low=1, optional=True))
+    device: str = "cpu"
+    warmup: int = v.option(3, v.Integer(low=0))
+    repeats: int = v.option(15, v.Integer(low=1))
+    min_time: float = v.option(2.0, v.Number(low=0.0))
+    layout: str = v.option("auto", v.Choice(("auto", "contiguous", "channels_last")))
+    fold_bn: bool = True
+    autotune: bool = True
+    cache: str | None = v.option(None, v.PathArg(optional=True))
+    onnx: bool | None = None
+    compile: bool = False
+    malloc: str = v.option("retain", v.Choice(("retain", "system")))
+    seed: int = v.option(0, v.Integer(low=0))
+    command: str | None = None  # the command line that asked for it, recorded in the result
+
+    def validate(self) -> None:
+        v.check_fields(self)
+        v.exclusive({"struct": self.struct, "ratio": self.ratio}, required=True)
+        parse_device(self.device)
+        if self.onnx and not _ort_available():
+            raise v.ArgumentError("{onnx}=True needs onnxruntime: pip install 'structconv[export]'")
+
+
+def run_benchmark(config: BenchmarkConfig, *, on_row=None) -> dict:
+    """Time ``config.arch`` dense against its decomposed Struct (or uniform ``ratio``) form
+    (see :class:`BenchmarkConfig`).  ``on_row(result, row, tune_report)`` is called after each
+    batch size (for printing).  Returns the JSON-ready result."""
+    config.validate()
+    args = config
+    batches = tuple(config.batches)
     device = parse_device(args.device)
     chans, h, w = input_size_for(args.arch, args.image_size)
     threads = args.threads or torch.get_num_threads()
     want_onnx = _ort_available() if args.onnx is None else args.onnx
-    if want_onnx and not _ort_available():
-        raise ValueError("--onnx needs onnxruntime: pip install onnxruntime")
     malloc = args.malloc
     if malloc == "retain" and not retain_freed_memory():
         malloc = "system (glibc mallopt unavailable)"
 
     overrides = None
     plan_report = None
-    if args.plan == "speed":
-        dense0, _ = build_models(args.arch, struct=args.struct, ratio=args.ratio, num_classes=args.num_classes,
-                                 seed=args.seed)  # fmt: skip
-        target = reference_plan(args.arch, args.struct, dense0) if args.struct else args.ratio
+    if args.plan_by == "speed":
+        dense0, _ = build_models(
+            args.arch, struct=args.struct, ratio=args.ratio, num_classes=args.num_classes, seed=args.seed
+        )
+        target = preset_plan(args.arch, args.struct, dense0) if args.struct else args.ratio
         sp = speed_plan(dense0, torch.randn(max(batches), chans, h, w), target, threads=threads)
         overrides, plan_report = sp.overrides, str(sp)
-    dense, structured = build_models(args.arch, struct=args.struct, ratio=args.ratio, num_classes=args.num_classes,
-                                     overrides=overrides, seed=args.seed)  # fmt: skip
+    dense, structured = build_models(
+        args.arch,
+        struct=args.struct,
+        ratio=args.ratio,
+        num_classes=args.num_classes,
+        overrides=overrides,
+        seed=args.seed,
+    )
     decomposed = decompose(structured)
     ops_dense = count_ops(dense, (1, chans, h, w))
     ops_dec = count_ops(decomposed, (1, chans, h, w))
@@ -241,13 +262,24 @@ def run_benchmark(arch: str, *, struct: str | None = None, ratio: float | None =
     dense, decomposed, structured = dense.to(device), decomposed.to(device), structured.to(device)
 
     result = {
-        "arch": args.arch, "struct": args.struct, "ratio": args.ratio, "plan": args.plan,
-        "input_size": [chans, h, w], "threads": threads, "device": str(device),
+        "arch": args.arch,
+        "struct": args.struct,
+        "ratio": args.ratio,
+        "plan_by": args.plan_by,
+        "input_size": [chans, h, w],
+        "threads": threads,
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "torch": torch.__version__, "malloc": malloc, "fold_bn": args.fold_bn, "autotune": args.autotune,
-        "paper_mults_ratio": ops_dense.mults / ops_dec.mults, "paper_adds_ratio": ops_dense.adds / ops_dec.adds,
-        "params_ratio": ops_dense.params / ops_dec.params, "command": command, "results": [],
-    }  # fmt: skip
+        "torch": torch.__version__,
+        "malloc": malloc,
+        "fold_bn": args.fold_bn,
+        "autotune": args.autotune,
+        "paper_mults_ratio": ops_dense.mults / ops_dec.mults,
+        "paper_adds_ratio": ops_dense.adds / ops_dec.adds,
+        "params_ratio": ops_dense.params / ops_dec.params,
+        "command": args.command,
+        "results": [],
+    }
     if plan_report:
         result["speed_plan"] = plan_report
     with fixed_threads(threads), torch.inference_mode():
@@ -275,8 +307,9 @@ def run_benchmark(arch: str, *, struct: str | None = None, ratio: float | None =
                 fns[("decomposed", layout)] = lambda m=deployed_l, xi=dec_x: m(xi)
                 if layout in untuned:
                     fns[("untuned", layout)] = lambda m=dec_m, xi=dec_x: m(xi)
-            times = interleaved_times(fns, warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time,
-                                      device=device)  # fmt: skip
+            times = interleaved_times(
+                fns, warmup=args.warmup, repeats=args.repeats, min_time_s=args.min_time, device=device
+            )
             best = _best_layouts(times, layouts)
             times = {n: times[(n, best[n])] for n in ("dense", "decomposed")} | (
                 {"untuned": times[("untuned", best["decomposed"])]} if best["decomposed"] in untuned else {}
@@ -286,20 +319,27 @@ def run_benchmark(arch: str, *, struct: str | None = None, ratio: float | None =
             dec_x = inputs[best["decomposed"]]
             deployed = deployed_by_layout[best["decomposed"]]
             row = {
-                "batch": batch, "dense_ms": med["dense"], "decomposed_ms": med["decomposed"],
-                "speedup": med["dense"] / med["decomposed"], "rounds": len(times["dense"]),
+                "batch": batch,
+                "dense_ms": med["dense"],
+                "decomposed_ms": med["decomposed"],
+                "speedup": med["dense"] / med["decomposed"],
+                "rounds": len(times["dense"]),
                 # both ran back to back in every round: the median per-round ratio is robust
                 # to the machine drifting between rounds
                 "speedup_paired": paired_ratio(times["dense"], times["decomposed"]),
-                "dense_layout": best["dense"], "decomposed_layout": best["decomposed"],
-                "decomposed_untuned_ms": med.get("untuned", med["decomposed"] if tune is None or not tune.dense_layers else None),
-                "dense_ms_min": min(times["dense"]), "decomposed_ms_min": min(times["decomposed"]),
+                "dense_layout": best["dense"],
+                "decomposed_layout": best["decomposed"],
+                "decomposed_untuned_ms": med.get(
+                    "untuned", med["decomposed"] if tune is None or not tune.dense_layers else None
+                ),
+                "dense_ms_min": min(times["dense"]),
+                "decomposed_ms_min": min(times["decomposed"]),
                 "max_rel_err": relative_error(deployed(dec_x), ref),
                 # pages the kernel zero-filled per call: allocator churn, not arithmetic
                 "dense_page_faults": page_faults_per_call(fns[("dense", best["dense"])]),
                 "decomposed_page_faults": page_faults_per_call(fns[("decomposed", best["decomposed"])]),
                 "layers_run_dense": tune.dense_layers if tune else [],
-            }  # fmt: skip
+            }
             if tune is not None:
                 row["layers"] = tune.to_dict()["layers"]
                 row["whole_model_check"] = tune.whole_model
@@ -339,11 +379,16 @@ def _compiled_times(dense: nn.Module, decomposed: nn.Module, x, ref, layouts: li
     best = _best_layouts(times, layouts)
     d, m = times[("dense", best["dense"])], times[("decomposed", best["decomposed"])]
     return {
-        "dense_ms": median_ms(d), "decomposed_ms": median_ms(m), "speedup": median_ms(d) / median_ms(m),
-        "speedup_paired": paired_ratio(d, m), "rounds": len(d),
-        "dense_layout": best["dense"], "decomposed_layout": best["decomposed"],
-        "max_rel_err": relative_error(outs[("decomposed", best["decomposed"])], ref), "compile_s": compile_s,
-    }  # fmt: skip
+        "dense_ms": median_ms(d),
+        "decomposed_ms": median_ms(m),
+        "speedup": median_ms(d) / median_ms(m),
+        "speedup_paired": paired_ratio(d, m),
+        "rounds": len(d),
+        "dense_layout": best["dense"],
+        "decomposed_layout": best["decomposed"],
+        "max_rel_err": relative_error(outs[("decomposed", best["decomposed"])], ref),
+        "compile_s": compile_s,
+    }
 
 
 def _cpu_name() -> str:
@@ -361,12 +406,19 @@ def format_row(result: dict, row: dict, tune=None, *, layers: bool = True) -> st
     lines: list[str] = []
     add = lines.append
     if row is result["results"][0]:
-        add(f"structconv bench: {result['arch']} struct={result['struct'] or '-'} ratio={result['ratio'] or '-'} "
-              f"plan={result['plan']} input={'x'.join(map(str, result['input_size']))}")  # fmt: skip
-        add(f"device: {result['device']} ({result['device_name']}), threads: {result['threads']} "
-              f"(torch.set_num_threads), torch {result['torch']}, BN folded: {result['fold_bn']}, malloc: {result['malloc']}")  # fmt: skip
-        add(f"paper's accounting: mults ratio {result['paper_mults_ratio']:.2f}x, adds ratio "
-              f"{result['paper_adds_ratio']:.2f}x, params ratio {result['params_ratio']:.2f}x")  # fmt: skip
+        add(
+            f"structconv bench: {result['arch']} struct={result['struct'] or '-'} ratio={result['ratio'] or '-'} "
+            f"plan={result['plan_by']} input={'x'.join(map(str, result['input_size']))}"
+        )
+        add(
+            f"device: {result['device']} ({result['device_name']}), threads: {result['threads']} "
+            f"(torch.set_num_threads), torch {result['torch']}, BN folded: {result['fold_bn']}, "
+            f"malloc: {result['malloc']}"
+        )
+        add(
+            f"paper's accounting: mults ratio {result['paper_mults_ratio']:.2f}x, adds ratio "
+            f"{result['paper_adds_ratio']:.2f}x, params ratio {result['params_ratio']:.2f}x"
+        )
     if tune is not None and layers:
         add("")
         add(f"[batch {row['batch']}] per layer (interleaved medians, decomposed vs its recomposed dense kernel):")
@@ -374,21 +426,84 @@ def format_row(result: dict, row: dict, tune=None, *, layers: bool = True) -> st
     add("")
     add(f"[batch {row['batch']}] whole model, {row['rounds']} interleaved rounds, medians:")
     add(f"  dense      ({row['dense_layout']:>13}): {row['dense_ms']:9.3f} ms")
-    add(f"  decomposed ({row['decomposed_layout']:>13}): {row['decomposed_ms']:9.3f} ms"
-          + (f"   (without autotune: {row['decomposed_untuned_ms']:.3f} ms)" if row.get("decomposed_untuned_ms") else ""))  # fmt: skip
-    add(f"  speedup (dense / decomposed): {row['speedup']:.2f}x (median of per-round ratios: "
-          f"{row['speedup_paired']:.2f}x)   max rel. error vs projected model: {row['max_rel_err']:.1e}")  # fmt: skip
+    add(
+        f"  decomposed ({row['decomposed_layout']:>13}): {row['decomposed_ms']:9.3f} ms"
+        + (f"   (without autotune: {row['decomposed_untuned_ms']:.3f} ms)" if row.get("decomposed_untuned_ms") else "")
+    )
+    add(
+        f"  speedup (dense / decomposed): {row['speedup']:.2f}x (median of per-round ratios: "
+        f"{row['speedup_paired']:.2f}x)   max rel. error vs projected model: {row['max_rel_err']:.1e}"
+    )
     if row["dense_page_faults"] is not None:
-        add(f"  page faults per call: dense {row['dense_page_faults']:.0f}, decomposed {row['decomposed_page_faults']:.0f}")
+        add(
+            f"  page faults per call: dense {row['dense_page_faults']:.0f}, "
+            f"decomposed {row['decomposed_page_faults']:.0f}"
+        )
     if row["layers_run_dense"]:
         add(f"  layers run as recomposed dense kernels: {', '.join(row['layers_run_dense'])}")
     if "compiled" in row:
         c = row["compiled"]
-        add(f"  torch.compile (Inductor, frozen), {c['rounds']} rounds: dense {c['dense_ms']:.3f} ms "
-              f"({c['dense_layout']}), decomposed {c['decomposed_ms']:.3f} ms ({c['decomposed_layout']}), "
-              f"speedup {c['speedup']:.2f}x (per-round {c['speedup_paired']:.2f}x), rel. error {c['max_rel_err']:.1e}")  # fmt: skip
+        add(
+            f"  torch.compile (Inductor, frozen), {c['rounds']} rounds: dense {c['dense_ms']:.3f} ms "
+            f"({c['dense_layout']}), decomposed {c['decomposed_ms']:.3f} ms ({c['decomposed_layout']}), "
+            f"speedup {c['speedup']:.2f}x (per-round {c['speedup_paired']:.2f}x), rel. error {c['max_rel_err']:.1e}"
+        )
     if "onnxruntime" in row:
         o = row["onnxruntime"]
-        add(f"  ONNX Runtime: dense {o['dense_ms']:.3f} ms, decomposed {o['decomposed_ms']:.3f} ms, "
-              f"speedup {o['speedup']:.2f}x (rel. error vs PyTorch {o['rel_err_vs_torch']:.1e})")  # fmt: skip
+        add(
+            f"  ONNX Runtime: dense {o['dense_ms']:.3f} ms, decomposed {o['decomposed_ms']:.3f} ms, "
+            f"speedup {o['speedup']:.2f}x (rel. error vs PyTorch {o['rel_err_vs_torch']:.1e})"
+        )
     return "\n".join(lines)
+
+
+def time_models(
+    models: dict[str, nn.Module],
+    input_size,
+    *,
+    batches=(1, 32),
+    threads: int | None = None,
+    compile: bool = True,
+    warmup: int = 3,
+    repeats: int = 15,
+    min_time: float = 2.0,
+    say=print,
+) -> dict:
+    """Median CPU latency of each model of ``models`` (eval mode, deployed: BatchNorm folded by
+    the caller) at each batch size, channels_last, threads fixed, in one interleaved loop per
+    table, eager and (``compile``) through ``torch.compile``.  In eager mode a model with
+    decomposed layers runs as :func:`structconv.autotune.optimize` deploys it (each layer
+    decomposed or recomposed dense, whichever measured faster), and the untuned model is timed
+    beside it as ``"<name> untuned"``; compiled models run as given."""
+    threads = threads or torch.get_num_threads()
+    result = {"threads": threads, "torch": torch.__version__, "models": list(models), "tables": []}
+    modes = ("eager", "compiled") if compile else ("eager",)
+    with fixed_threads(threads), torch.inference_mode():
+        for mode in modes:
+            if mode == "compiled":
+                torch._dynamo.reset()
+            for batch in batches:
+                x = torch.randn(batch, *input_size).contiguous(memory_format=torch.channels_last)
+                fns = {}
+                for label, model in models.items():
+                    m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+                    if mode == "compiled":
+                        m = torch.compile(m, options={"freezing": True})
+                    elif any(isinstance(layer, DecomposedLayer) for layer in m.modules()):
+                        fns[f"{label} untuned"] = lambda m=m: m(x)
+                        m, _ = optimize(m, x, threads=threads, cache=False)
+                    m(x)
+                    fns[label] = lambda m=m: m(x)
+                times = interleaved_times(fns, warmup=warmup, repeats=repeats, min_time_s=min_time)
+                table = {
+                    "mode": mode,
+                    "batch": batch,
+                    "rounds": len(next(iter(times.values()))),
+                    "median_ms": {k: median_ms(t) for k, t in times.items()},
+                }
+                result["tables"].append(table)
+                say(
+                    f"latency ({mode}, batch {batch}, {threads} threads): "
+                    + ", ".join(f"{k} {t:.2f} ms" for k, t in table["median_ms"].items())
+                )
+    return result

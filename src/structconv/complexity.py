@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .functional import conv_padding
-from .layers import DecomposedCompositeConv, DecomposedLinear, SumPool, _DecomposedConvNd
+from .layers import DecomposedCompositeConv, DecomposedConvNd, DecomposedLinear, SumPool
 
 __all__ = ["LayerOps", "OpsReport", "count_ops"]
 
@@ -84,7 +84,7 @@ def _linear_ops(module: nn.Linear, out: torch.Tensor) -> tuple[int, int]:
     return adds, module.in_features * outputs
 
 
-def _paper_pool_adds(module: _DecomposedConvNd, inp: torch.Tensor) -> int:
+def _paper_pool_adds(module: DecomposedConvNd, inp: torch.Tensor) -> int:
     """Sec. 4.2's pool adds: ``(prod(window) - 1) * c * H1 * W1`` with ``H1 = H + 2p - d(N - n)``,
     the stride-1 pooled map of the padded input (what the paper counts for every layer)."""
     pads = conv_padding(module.padding, module.kernel_size, module.dilation, module.stride)
@@ -119,16 +119,36 @@ def _ops_of(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[in
 
 
 _UNCOUNTED_LEAVES = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.GELU,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Upsample, nn.Dropout,
-)  # fmt: skip
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Upsample,
+    nn.Dropout,
+)
 
 
 _HOOKED = (
-    nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, SumPool, DecomposedLinear,
-    DecomposedCompositeConv, *_UNCOUNTED_LEAVES,
-)  # fmt: skip
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    SumPool,
+    DecomposedLinear,
+    DecomposedCompositeConv,
+    *_UNCOUNTED_LEAVES,
+)
 
 
 @torch.no_grad()
@@ -148,9 +168,13 @@ def count_ops(model: nn.Module, input_size, *, pooled_map: str = "paper") -> Ops
     try:
         sizes = tuple(input_size)
     except TypeError:
-        raise ValueError(f"count_ops: input_size={input_size!r} must be a sequence of ints, e.g. (1, 3, 224, 224)") from None
+        raise ValueError(
+            f"count_ops: input_size={input_size!r} must be a sequence of ints, e.g. (1, 3, 224, 224)"
+        ) from None
     if not sizes or any(isinstance(v, bool) or not hasattr(v, "__index__") or v < 1 for v in sizes):
-        raise ValueError(f"count_ops: input_size={input_size!r} must be positive ints, batch first, e.g. (1, 3, 224, 224)")
+        raise ValueError(
+            f"count_ops: input_size={input_size!r} must be positive ints, batch first, e.g. (1, 3, 224, 224)"
+        )
     input_size = tuple(int(v) for v in sizes)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -160,9 +184,9 @@ def count_ops(model: nn.Module, input_size, *, pooled_map: str = "paper") -> Ops
 
     # In the paper's convention a decomposed conv's pool is charged by the conv (it knows the
     # padding and kernel), so its SumPool child is not counted on its own.
-    paper_pools = {
-        id(m.pool): m for m in model.modules() if isinstance(m, _DecomposedConvNd)
-    } if pooled_map == "paper" else {}  # fmt: skip
+    paper_pools = (
+        {id(m.pool): m for m in model.modules() if isinstance(m, DecomposedConvNd)} if pooled_map == "paper" else {}
+    )
 
     def hook(name):
         def fn(module, args, out):
@@ -189,8 +213,10 @@ def count_ops(model: nn.Module, input_size, *, pooled_map: str = "paper") -> Ops
         model(torch.zeros(input_size, device=device, dtype=dtype))
     except (RuntimeError, ValueError, IndexError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"count_ops: {type(model).__name__} cannot run on an input of shape {input_size} ({first}); "
-                         "input_size includes the batch dimension, e.g. (1, 3, 224, 224)") from None
+        raise ValueError(
+            f"count_ops: {type(model).__name__} cannot run on an input of shape {input_size} ({first}); "
+            "input_size includes the batch dimension, e.g. (1, 3, 224, 224)"
+        ) from None
     finally:
         model.train(was_training)
         for h in handles:

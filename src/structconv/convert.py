@@ -15,17 +15,30 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Union
 
+import torch
 from torch import nn
 
 from .basis import StructuredBasis
-from .layers import DecomposedLayer, StructuredLayer, StructuredLinear
-from .layers.conv import STRUCTURED_CONV
+from .layers import STRUCTURED_CONV, DecomposedLayer, StructuredLayer, StructuredLinear, orthonormalize_
 from .reporting import format_table
 
 __all__ = [
-    "StructureSpec", "LayerPlan", "StructurePlan", "structure_candidates", "choose_structure", "plan", "structurize",
-    "decompose", "StructureWarning", "UnstructuredError", "DEFAULT_TOLERANCE",
-]  # fmt: skip
+    "FilterFn",
+    "StructureSpec",
+    "LayerPlan",
+    "StructurePlan",
+    "structure_candidates",
+    "choose_structure",
+    "plan",
+    "structurize",
+    "decompose",
+    "to_direct",
+    "DIRECT_INITS",
+    "set_submodule",
+    "StructureWarning",
+    "UnstructuredError",
+    "DEFAULT_TOLERANCE",
+]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -134,7 +147,7 @@ class StructurePlan:
         return "\n".join([head, format_table(rows), *(f"note: {n}" for n in self.notes)])
 
 
-def _check_ratio(ratio, where: str) -> float:
+def check_ratio(ratio, where: str) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         raise ValueError(f"{where}: ratio={ratio!r} must be a finite number >= 1")
     if ratio <= 0:
@@ -148,7 +161,7 @@ def structure_candidates(channels: int, kernel_size: tuple[int, ...], ratio: flo
     """For every small-kernel size ``n``, the largest ``c`` whose ratio ``C prod(k) / (c prod(n))``
     is at least ``ratio`` (sizes where even ``c = 1`` is too large are left out).  The one
     enumeration behind :func:`choose_structure` (the plan) and :func:`structconv.speed_plan`."""
-    ratio = _check_ratio(ratio, "structure_candidates")
+    ratio = check_ratio(ratio, "structure_candidates")
     full = channels * math.prod(kernel_size)
     budget = full / ratio * (1 + 1e-9)  # largest admissible c * prod(n)
     found = []
@@ -168,7 +181,7 @@ def choose_structure(
     over channels) and ``prefer='spatial'`` keeps the channels.  If no choice reaches
     ``ratio`` the most compressed one is returned, and the note says so.
     """
-    ratio = _check_ratio(ratio, "choose_structure")
+    ratio = check_ratio(ratio, "choose_structure")
     if prefer not in _PREFERENCES:
         raise ValueError(f"prefer={prefer!r} must be one of {_PREFERENCES}")
     full = channels * math.prod(kernel_size)
@@ -193,7 +206,7 @@ def _all_sizes(kernel_size: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
             yield (first, *rest)
 
 
-def _describe(module: nn.Module) -> tuple[str, int, tuple[int, ...]] | None:
+def describe_layer(module: nn.Module) -> tuple[str, int, tuple[int, ...]] | None:
     """(type name, channels per group, kernel size) for a convertible layer, else None."""
     if type(module) in _DENSE_TO_STRUCTURED:
         return type(module).__name__, module.in_channels // module.groups, tuple(module.kernel_size)
@@ -203,7 +216,7 @@ def _describe(module: nn.Module) -> tuple[str, int, tuple[int, ...]] | None:
 
 
 def _unsupported(module: nn.Module) -> str | None:
-    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and _describe(module) is None:
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and describe_layer(module) is None:
         return f"unsupported layer type {type(module).__module__}.{type(module).__qualname__}"
     return None
 
@@ -212,13 +225,11 @@ def _coerce_override(value: Override, name: str, kernel_size: tuple[int, ...]) -
     if value is None or isinstance(value, StructureSpec):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _check_ratio(value, f"layer '{name}'")
+        return check_ratio(value, f"layer '{name}'")
     if isinstance(value, tuple) and len(value) == 2:
         c, n = value
         return StructureSpec(c, n if kernel_size else ())
-    raise ValueError(
-        f"layer '{name}': override {value!r} must be a StructureSpec, a (c, n) tuple, a ratio or None"
-    )
+    raise ValueError(f"layer '{name}': override {value!r} must be a StructureSpec, a (c, n) tuple, a ratio or None")
 
 
 def _match_override(name: str, overrides: Mapping[str, Override], used: set[str]):
@@ -265,7 +276,7 @@ def plan(
     Layers whose best structure would not compress (ratio 1), layers rejected by
     ``filter_fn``, unsafe layers and unsupported subclasses are listed in the plan with the reason.
     """
-    ratio = _check_ratio(ratio, "plan")
+    ratio = check_ratio(ratio, "plan")
     overrides = dict(overrides or {})
     used: set[str] = set()
     result = StructurePlan(requested_ratio=ratio)
@@ -283,8 +294,10 @@ def plan(
                 unsafe = find_unsafe_layers_static(model)
                 if unsafe is None:
                     unsafe = {}
-                    result.notes.append("torch.fx cannot trace this model, so how its layers' parameters are used "
-                                        "was not checked; pass example_inputs to check it in a real forward")  # fmt: skip
+                    result.notes.append(
+                        "torch.fx cannot trace this model, so how its layers' parameters are used "
+                        "was not checked; pass example_inputs to check it in a real forward"
+                    )
         return unsafe.get(name)
 
     for name, module in model.named_modules():
@@ -299,7 +312,7 @@ def plan(
                 )
             continue
         unsupported = _unsupported(module)
-        info = _describe(module)
+        info = describe_layer(module)
         if info is None:
             if unsupported:
                 result.layers.append(LayerPlan(name, type(module).__name__, 0, (), None, unsupported))
@@ -330,17 +343,22 @@ def plan(
             entry.reason = f"unsafe to replace: {reason}"
             continue
         entry.spec, entry.reason = spec, note
-    fusers = sorted({type(m).__name__ for m in model.modules()
-                     if callable(getattr(m, "reparameterize", None)) or callable(getattr(m, "fuse", None))})  # fmt: skip
+    fusers = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if callable(getattr(m, "reparameterize", None)) or callable(getattr(m, "fuse", None))
+        }
+    )
     if fusers and result.structured:
-        result.notes.append(f"{', '.join(fusers[:3])} can fuse branches (reparameterize/fuse), which reads conv "
-                            "weights outside forward: fuse first (timm.utils.reparameterize_model), then structurize")  # fmt: skip
+        result.notes.append(
+            f"{', '.join(fusers[:3])} can fuse branches (reparameterize/fuse), which reads conv "
+            "weights outside forward: fuse first (timm.utils.reparameterize_model), then structurize"
+        )
     unused = sorted(set(overrides) - used)
     if unused:
         names = [p.name for p in result.layers if p.layer_type in ("Conv1d", "Conv2d", "Conv3d", "Linear")]
-        raise ValueError(
-            f"overrides {unused} match no convertible layer; convertible layers are e.g. {names[:8]}"
-        )
+        raise ValueError(f"overrides {unused} match no convertible layer; convertible layers are e.g. {names[:8]}")
     return result
 
 
@@ -353,12 +371,13 @@ def _validate_spec(entry: LayerPlan, module: nn.Module) -> None:
         raise ValueError(f"layer '{entry.name}' ({entry.layer_type}): {err}") from None
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the qualified name ``name`` of ``model`` (``"layer1.0.conv1"``)."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _structured_from_dense(module: nn.Module, spec: StructureSpec) -> nn.Module:
+def structured_from_dense(module: nn.Module, spec: StructureSpec) -> nn.Module:
     if _is_linear(module):
         return StructuredLinear.from_dense(module, r=spec.c)
     return _DENSE_TO_STRUCTURED[type(module)].from_dense(module, c=spec.c, n=spec.n)
@@ -378,18 +397,26 @@ def structurize(
     """Swap eligible Conv/Linear layers for their structured training form, keeping weights.
 
     ``ratio`` is a target compression ratio (see :func:`plan` for ``filter_fn``,
-    ``overrides``, ``prefer``, ``example_inputs`` and ``check_usage``) or a ready :class:`StructurePlan`.  The structured layers
-    subclass the layers they replace and keep their state_dict keys, so the model computes the
-    same function and existing checkpoints still load.  Returns the converted model (a deep
-    copy unless ``inplace``); call :func:`plan` first to see what will change.
+    ``overrides``, ``prefer``, ``example_inputs`` and ``check_usage``) or a ready
+    :class:`StructurePlan`.  The structured layers subclass the layers they replace and keep
+    their state_dict keys, so the model computes the same function and existing checkpoints
+    still load.  Returns the converted model (a deep copy unless ``inplace``); call
+    :func:`plan` first to see what will change.
     """
     if isinstance(ratio, StructurePlan):
         if filter_fn is not None or overrides or example_inputs is not None:
             raise ValueError("pass filter_fn/overrides to plan() (and example_inputs), not with a ready StructurePlan")
         the_plan = ratio
     else:
-        the_plan = plan(model, ratio, filter_fn=filter_fn, overrides=overrides, prefer=prefer,
-                        example_inputs=example_inputs, check_usage=check_usage)  # fmt: skip
+        the_plan = plan(
+            model,
+            ratio,
+            filter_fn=filter_fn,
+            overrides=overrides,
+            prefer=prefer,
+            example_inputs=example_inputs,
+            check_usage=check_usage,
+        )
     if not inplace:
         model = copy.deepcopy(model)
     for entry in the_plan.structured:
@@ -397,15 +424,15 @@ def structurize(
             module = model.get_submodule(entry.name)
         except AttributeError:
             raise ValueError(f"layer '{entry.name}' from the plan does not exist in this model") from None
-        if _describe(module) is None:
+        if describe_layer(module) is None:
             raise ValueError(f"layer '{entry.name}' is a {type(module).__name__}, which cannot be structurized")
         try:
-            new = _structured_from_dense(module, entry.spec)
+            new = structured_from_dense(module, entry.spec)
         except ValueError as err:
             raise ValueError(f"layer '{entry.name}': {err}") from None
         if not entry.name:
             return new
-        _set_submodule(model, entry.name, new)
+        set_submodule(model, entry.name, new)
     return model
 
 
@@ -464,7 +491,7 @@ def decompose(
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, StructuredLayer)]
     if not layers:
         what = type(model).__name__
-        if _describe(model) is not None:
+        if describe_layer(model) is not None:
             raise ValueError(f"decompose: {what} is not a structured layer; call structconv.structurize() first")
         raise ValueError(f"decompose: {what} has no structured layers; call structconv.structurize() first")
     if on_unstructured != "ignore":
@@ -473,15 +500,52 @@ def decompose(
             message = f"decompose: {_worst(errors, tolerance)}; the decomposed model computes their projection"
             if on_unstructured == "raise":
                 raise UnstructuredError(message, errors)
-            warnings.warn(message + " (train longer or with Structural Regularization, or pass on_unstructured="
-                          "'ignore')", StructureWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                message + " (train longer or with Structural Regularization, or pass on_unstructured='ignore')",
+                StructureWarning,
+                stacklevel=2,
+            )
     if isinstance(model, StructuredLayer):
         return model.decompose()
     if inplace:
         for name, m in layers:
-            _set_submodule(model, name, m.decompose())
+            set_submodule(model, name, m.decompose())
         return model
     # Copy everything but the structured layers, which are replaced by their decomposed forms
     # as the copy reaches them: their dense weights are never copied.
     memo = {id(m): m.decompose() for _, m in layers}
     return copy.deepcopy(model, memo)
+
+
+#: how :func:`to_direct` initializes the decomposed layers
+DIRECT_INITS = ("own", "default")
+
+
+@torch.no_grad()
+def to_direct(model: nn.Module, *, init: str = "default") -> nn.Module:
+    """Replace every structured layer by a decomposed layer trained directly (Sec. 6.4), through
+    the orthonormal parametrization (:func:`structconv.layers.orthonormalize_`); in place.
+
+    ``init='default'`` draws ``nn.ConvNd``'s default init and projects it.  ``init='own'`` starts
+    from the model's own initialization, projected onto the structure and scaled back to its norm
+    (the weights dense or SR training start from).
+    """
+    if init not in DIRECT_INITS:
+        raise ValueError(f"to_direct: init={init!r} must be one of {', '.join(DIRECT_INITS)}")
+    for name, m in list(model.named_modules()):
+        if not isinstance(m, StructuredLayer) or not hasattr(m, "decomposed_form"):
+            continue
+        new = m.decomposed_form(init=True)
+        if init == "own":
+            w = m.weight
+            projected = m.basis.project(w)
+            norm = torch.linalg.vector_norm(projected)
+            if norm > 0:
+                projected *= torch.linalg.vector_norm(w) / norm
+            new.weight.copy_(m.basis.coefficients(projected))
+            if m.bias is not None:
+                new.bias.copy_(m.bias)
+        if not name:
+            return orthonormalize_(new)
+        set_submodule(model, name, new)
+    return orthonormalize_(model)

@@ -19,7 +19,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
-__all__ = ["DATASETS", "NATIVE", "input_size", "DataInfo", "build_datasets", "SeededAugmentation", "ResumableSampler", "DEBIAN_FASHION_MNIST"]
+from . import validation as v
+
+__all__ = [
+    "DATASETS",
+    "NATIVE",
+    "input_size",
+    "DataInfo",
+    "build_datasets",
+    "SeededAugmentation",
+    "ResumableSampler",
+    "DEBIAN_FASHION_MNIST",
+]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagenet", "folder")
@@ -135,16 +146,23 @@ NATIVE = {"cifar10": (3, 32), "cifar100": (3, 32), "fashion-mnist": (1, 28), "im
 
 def input_size(name: str, *, image_size: int | None = None, in_chans: int | None = None) -> tuple[int, int, int]:
     """``(C, H, W)`` a model trained on dataset ``name`` sees (its native size unless converted)."""
-    if name not in NATIVE:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    v.choice(name, "dataset", tuple(NATIVE))
     chans, size = NATIVE[name]
     size = image_size or size
     return (in_chans or chans, size, size)
 
 
-def build_datasets(name: str, root: str | os.PathLike, *, download: bool = False, image_size: int | None = None,
-                   in_chans: int | None = None, train_subset: int | None = None, eval_subset: int | None = None,
-                   seed: int = 0):  # fmt: skip
+def build_datasets(
+    name: str,
+    root: str | os.PathLike,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
+    in_chans: int | None = None,
+    train_subset: int | None = None,
+    eval_subset: int | None = None,
+    seed: int = 0,
+):
     """``(train, test, DataInfo)`` for dataset ``name`` stored under ``root`` in torchvision's format.
 
     ``cifar10``/``cifar100``: ``root/cifar-10-batches-py`` (python pickle batches).
@@ -154,33 +172,43 @@ def build_datasets(name: str, root: str | os.PathLike, *, download: bool = False
     """
     from torchvision import datasets
 
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    for flag, value in (("--image-size", image_size), ("--in-chans", in_chans), ("--train-subset", train_subset),
-                        ("--eval-subset", eval_subset)):  # fmt: skip
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{flag} {value!r} must be a positive integer")
-    if in_chans is not None and in_chans not in (1, 3):
-        raise ValueError(f"--in-chans {in_chans}: images convert to 1 (grayscale) or 3 (RGB) channels")
-    root = Path(root).expanduser()
+    v.choice(name, "dataset", DATASETS)
+    for arg, value in (("image_size", image_size), ("train_subset", train_subset), ("eval_subset", eval_subset)):
+        if value is not None:
+            v.integer(value, arg, low=1)
+    if in_chans is not None:
+        v.choice(in_chans, "in_chans", (1, 3))
+    root = v.path(root, "data_path").expanduser()
     if name in ("cifar10", "cifar100"):
         cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
         classes = 10 if name == "cifar10" else 100
         folder = cls.base_folder
         if not download and not (root / folder).is_dir():
-            raise _missing(name, root, f"expected {folder}/ (torchvision's CIFAR python batches); pass --download to fetch it")
+            raise _missing(
+                name, root, f"expected {folder}/ (torchvision's CIFAR python batches); set download=True to fetch it"
+            )
         make = lambda train, tf: cls(str(root), train=train, transform=tf, download=download)  # noqa: E731
     elif name == "fashion-mnist":
         classes = 10
         if not _fashion_mnist_raw(root, download) and not download:
-            raise _missing(name, root, "expected FashionMNIST/raw/ (install Debian's dataset-fashion-mnist, "
-                           f"which provides {DEBIAN_FASHION_MNIST}, or pass --download)")  # fmt: skip
-        make = lambda train, tf: datasets.FashionMNIST(str(root), train=train, transform=tf, download=download)  # noqa: E731
+            raise _missing(
+                name,
+                root,
+                "expected FashionMNIST/raw/ (install Debian's dataset-fashion-mnist, "
+                f"which provides {DEBIAN_FASHION_MNIST}, or set download=True)",
+            )
+
+        def make(train, tf):
+            return datasets.FashionMNIST(str(root), train=train, transform=tf, download=download)
+
     else:
         for split in ("train", "val"):
             if not (root / split).is_dir():
                 raise _missing(name, root, f"expected ImageFolder directories {root / 'train'} and {root / 'val'}")
-        make = lambda train, tf: datasets.ImageFolder(str(root / ("train" if train else "val")), transform=tf)  # noqa: E731
+
+        def make(train, tf):
+            return datasets.ImageFolder(str(root / ("train" if train else "val")), transform=tf)
+
         classes = None
     native_chans, native = NATIVE[name]
     image_size = native if image_size is None else image_size

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .convert import _set_submodule
-from .layers import DecomposedLayer, StructuredLayer, SumPool, _DecomposedConvNd
+from .convert import set_submodule
+from .layers import DecomposedConvNd, DecomposedLayer, StructuredLayer, SumPool
 
 __all__ = ["fold_batchnorm"]
 
@@ -61,12 +61,12 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def _foldable(m) -> bool:
-    return isinstance(m, _DecomposedConvNd) or (isinstance(m, _DENSE_CONVS) and not isinstance(m, StructuredLayer))
+    return isinstance(m, DecomposedConvNd) or (isinstance(m, _DENSE_CONVS) and not isinstance(m, StructuredLayer))
 
 
 @torch.no_grad()
 def _fold(conv: nn.Module, bn: _BatchNorm) -> None:
-    target = conv.conv if isinstance(conv, _DecomposedConvNd) else conv
+    target = conv.conv if isinstance(conv, DecomposedConvNd) else conv
     w = target.weight
     mean = bn.running_mean if bn.running_mean is not None else torch.zeros(w.shape[0], device=w.device)
     var = bn.running_var if bn.running_var is not None else torch.ones(w.shape[0], device=w.device)
@@ -102,5 +102,5 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         if not bn.track_running_stats and bn.running_mean is None:
             continue
         _fold(model.get_submodule(conv_name), bn)
-        _set_submodule(model, bn_name, nn.Identity())
+        set_submodule(model, bn_name, nn.Identity())
     return model

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .validation import ArgumentError
+
 __all__ = ["DistContext", "parse_device", "init_distributed", "wrap", "barrier", "cleanup"]
 
 
@@ -30,18 +32,22 @@ class DistContext:
         return self.world_size > 1
 
 
-def parse_device(device: str) -> torch.device:
-    """``torch.device(device)`` if this machine has it, else a one-line ``ValueError``."""
+def parse_device(device: str, name: str = "device") -> torch.device:
+    """``torch.device(device)`` if this machine has it, else a one-line
+    :class:`~structconv.validation.ArgumentError` naming argument ``name``."""
+    field = "{%s}={value}" % name
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
+        raise ArgumentError(field + " is not a device name (cpu, cuda, cuda:1, ...)", value=repr(device)) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: no CUDA device is available here")
+        raise ArgumentError(field + ": no CUDA device is available here", value=repr(device))
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ArgumentError(
+            field + ": this machine has {n} CUDA device(s)", value=repr(device), n=torch.cuda.device_count()
+        )
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: structconv trains on cpu or cuda")
+        raise ArgumentError(field + ": structconv runs on cpu or cuda", value=repr(device))
     return dev
 
 

@@ -19,18 +19,26 @@ import os
 import sys
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import validation as v
 from .convert import decompose
 from .deploy import fold_batchnorm
 from .layers import StructuredLayer
 from .reporting import relative_error
 
-__all__ = ["export_torchscript", "export_onnx", "verify_onnx", "onnx_opset", "prepare_for_export", "checkpoint_input_size",
-           "export_model", "FORMATS"]  # fmt: skip
+__all__ = [
+    "export_torchscript",
+    "export_onnx",
+    "verify_onnx",
+    "onnx_opset",
+    "prepare_for_export",
+    "checkpoint_input_size",
+    "export_model",
+    "FORMATS",
+]
 
 FORMATS = ("onnx", "torchscript")
 
@@ -56,14 +64,20 @@ def export_torchscript(model: nn.Module, example_input: torch.Tensor, path) -> t
     return traced
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path, *, opset: int = 17, dynamic_batch: bool = True,
-                dynamo: bool = False) -> str:  # fmt: skip
+def export_onnx(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path,
+    *,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    dynamo: bool = False,
+) -> str:
     """Export to ONNX at ``opset`` (>= 17) with input ``x`` and output ``y``; returns the exporter used.
 
     Tries the TorchScript-based exporter (``dynamo=False``) unless ``dynamo``, then the other.
     """
-    if opset < 17:
-        raise ValueError(f"opset={opset}: structconv exports at opset 17 or newer")
+    v.integer(opset, "opset", low=17)
     model = model.eval()
     order = (True, False) if dynamo else (False, True)
     errors = []
@@ -77,8 +91,16 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path, *, opset: i
         try:
             with torch.no_grad(), warnings.catch_warnings(), _stdout_to_stderr():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (example_input,), str(path), input_names=["x"], output_names=["y"],
-                                  opset_version=opset, dynamo=use_dynamo, **kwargs)  # fmt: skip
+                torch.onnx.export(
+                    model,
+                    (example_input,),
+                    str(path),
+                    input_names=["x"],
+                    output_names=["y"],
+                    opset_version=opset,
+                    dynamo=use_dynamo,
+                    **kwargs,
+                )
             return "dynamo" if use_dynamo else "torchscript"
         except Exception as err:  # noqa: BLE001 - try the other exporter, report both
             errors.append(f"{'dynamo' if use_dynamo else 'torchscript'} exporter: {type(err).__name__}: {err}")
@@ -124,8 +146,6 @@ def onnx_opset(path) -> int:
     return max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
 
 
-
-
 # ------------------------------------------------------------------------------------------
 # whole export
 # ------------------------------------------------------------------------------------------
@@ -140,40 +160,54 @@ def checkpoint_input_size(ckpt: dict, default: tuple[int, int, int]) -> tuple[in
         return tuple(int(v) for v in model_args["input_size"])
     trained = ckpt.get("args") or {}
     if trained.get("dataset") in NATIVE:
-        return input_size(trained["dataset"], image_size=trained.get("image_size"),
-                          in_chans=trained.get("in_chans") or model_args.get("in_chans"))  # fmt: skip
+        return input_size(
+            trained["dataset"],
+            image_size=trained.get("image_size"),
+            in_chans=trained.get("in_chans") or model_args.get("in_chans"),
+        )
     chans = model_args.get("in_chans") or default[0]
     return (int(chans), default[1], default[2])
 
 
-def export_model(model: nn.Module, input_size, output_dir, *, name: str, formats=FORMATS, batch: int = 1,
-                 opset: int = 17, dynamo: bool = False, fold_bn: bool = True, autotune: bool = False,
-                 threads: int | None = None, verify: bool = True, rtol: float = 1e-4,
-                 overwrite: bool = False) -> dict:  # fmt: skip
+def export_model(
+    model: nn.Module,
+    input_size,
+    output_dir,
+    *,
+    name: str,
+    formats=FORMATS,
+    batch: int = 1,
+    opset: int = 17,
+    dynamo: bool = False,
+    fold_bn: bool = True,
+    autotune: bool = False,
+    threads: int | None = None,
+    verify: bool = True,
+    rtol: float = 1e-4,
+    overwrite: bool = False,
+) -> dict:
     """Export ``model`` (structured or decomposed) for inputs ``(batch, *input_size)`` into
     ``output_dir/name.{onnx,pt}``; with ``verify`` ONNX Runtime and the TorchScript module must
     match PyTorch within ``rtol``.  Existing files are replaced only with ``overwrite``.
     Returns a summary (paths, exporter, opset, errors)."""
-    formats = tuple(formats)
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ValueError(f"--format {','.join(formats)!r}: choose from {', '.join(FORMATS)}")
-    if not (isinstance(batch, int) and batch >= 1):
-        raise ValueError(f"--batch {batch!r} must be a positive integer")
+    formats = v.items(formats, "formats", each=lambda f, n: v.choice(f, n, FORMATS))
+    v.integer(batch, "batch", low=1)
     size = tuple(input_size)
-    if len(size) != 3 or any(not isinstance(v, int) or v < 1 for v in size):
-        raise ValueError(f"input size {size!r} must be three positive ints (C, H, W); check --image-size")
-    if opset < 17:
-        raise ValueError(f"--opset {opset}: structconv exports at opset 17 or newer")
-    if not rtol > 0:
-        raise ValueError(f"--rtol {rtol!r} must be positive")
-    out = Path(output_dir)
+    if len(size) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in size):
+        raise v.ArgumentError("{input_size}={value} must be three positive ints (C, H, W)", value=repr(size))
+    v.integer(opset, "opset", low=17)
+    v.number(rtol, "rtol", low=0.0, low_open=True)
+    v.text(name, "name")
+    out = v.path(output_dir, "output_dir")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--output {str(out)!r} is a file, not a directory")
+        raise v.ArgumentError("{output_dir}={path} is a file, not a directory", path=repr(str(out)))
     paths = {"onnx": out / f"{name}.onnx", "torchscript": out / f"{name}.pt"}
     taken = [str(paths[f]) for f in formats if paths[f].exists()]
     if taken and not overwrite:
-        raise ValueError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace, or choose --output/--name")
+        raise v.ArgumentError(
+            "{files} already exist(s); pass {overwrite} to replace, or choose another {output_dir} or {name}",
+            files=", ".join(taken),
+        )
     model = prepare_for_export(model, fold_bn=fold_bn)
     chans, h, w = size
     x = torch.randn(batch, chans, h, w)
@@ -187,7 +221,11 @@ def export_model(model: nn.Module, input_size, output_dir, *, name: str, formats
             model(x)
     except (RuntimeError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"the model cannot run on inputs of shape {(batch, *size)} ({first}); check --image-size") from None
+        raise v.ArgumentError(
+            "the model cannot run on inputs of shape {shape} ({why}); check {input_size}",
+            shape=(batch, *size),
+            why=first,
+        ) from None
     out.mkdir(parents=True, exist_ok=True)
     summary = {"model": name, "input": [batch, chans, h, w], "files": {}}
     check = torch.randn(max(batch, 2), chans, h, w)

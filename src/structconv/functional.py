@@ -20,8 +20,8 @@ from torch import Tensor
 from .pooling import (  # re-exported: the plain-function API
     PoolConstants,
     PoolSpec,
-    _ntuple,
     apply,
+    as_ntuple,
     box_sum,
     channel_band_matrix,
     channel_sum_matmul,
@@ -31,8 +31,17 @@ from .pooling import (  # re-exported: the plain-function API
     sum_pool,
 )
 
-__all__ = ["box_sum", "padded_box_sum", "sum_pool", "channel_band_matrix", "channel_sum_matmul", "pad_input",
-           "DecompositionGeometry", "conv_padding", "structured_conv"]  # fmt: skip
+__all__ = [
+    "box_sum",
+    "padded_box_sum",
+    "sum_pool",
+    "channel_band_matrix",
+    "channel_sum_matmul",
+    "pad_input",
+    "DecompositionGeometry",
+    "conv_padding",
+    "structured_conv",
+]
 
 
 def conv_padding(
@@ -56,7 +65,7 @@ def conv_padding(
                 pads.append((total // 2, total - total // 2))
             return tuple(pads)
         raise ValueError(f"padding={padding!r} must be an int, a tuple, 'same' or 'valid'")
-    return tuple((p, p) for p in _ntuple(padding, nd, "padding"))
+    return tuple((p, p) for p in as_ntuple(padding, nd, "padding"))
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,9 @@ class DecompositionGeometry:
 
     def pool_spec(self, channel_window: int, groups: int = 1) -> PoolSpec:
         """The :class:`~structconv.pooling.PoolSpec` of this decomposition's sum-pool."""
-        return PoolSpec(channel_window, self.pool_window, groups, self.pool_dilation, self.pool_stride, self.pad,
-                        self.padding_mode)  # fmt: skip
+        return PoolSpec(
+            channel_window, self.pool_window, groups, self.pool_dilation, self.pool_stride, self.pad, self.padding_mode
+        )
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -144,13 +154,18 @@ def structured_conv(
     geo = DecompositionGeometry.from_conv(
         tuple(kernel_size),
         tuple(alpha.shape[2:]),
-        _ntuple(stride, nd, "stride"),
+        as_ntuple(stride, nd, "stride"),
         padding,
-        _ntuple(dilation, nd, "dilation"),
+        as_ntuple(dilation, nd, "dilation"),
         padding_mode,
     )
     spec = geo.pool_spec(x.shape[1] // groups - alpha.shape[1] + 1, groups)
     spec.check_input(x, "structured_conv")
-    pooled = apply(x, spec, channel=select_backend("channel", spec, x), spatial=select_backend("spatial", spec, x),
-                   constants=PoolConstants())  # fmt: skip
+    pooled = apply(
+        x,
+        spec,
+        channel=select_backend("channel", spec, x),
+        spatial=select_backend("spatial", spec, x),
+        constants=PoolConstants(),
+    )
     return _CONV[nd](pooled, alpha, bias, geo.conv_stride, geo.conv_padding, geo.conv_dilation, groups)

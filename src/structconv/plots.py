@@ -7,20 +7,10 @@ from pathlib import Path
 
 __all__ = ["plot_study"]
 
-_STYLE = {  # method -> (label, marker, color)
-    "dense": ("dense", "*", "black"),
-    "struct_sr": ("Struct, SR from scratch", "o", "tab:blue"),
-    "struct_ft": ("Struct, fine-tuned from dense", "s", "tab:cyan"),
-    "struct_direct": ("Struct, direct (Sec. 6.4)", "D", "tab:purple"),
-    "prune": ("channel pruning (Torch-Pruning)", "v", "tab:red"),
-    "svd_weight": ("weight SVD", "^", "tab:orange"),
-    "svd_spatial": ("spatial SVD", "<", "tab:brown"),
-    "narrow": ("narrow net from scratch", "x", "tab:green"),
-}
 
-
-def _label(method: str) -> tuple[str, str, str]:
-    return _STYLE.get(method, (method, "o", "gray"))
+def _label(row: dict) -> tuple[str, str, str]:
+    """(label, marker, color) of a summary row (:func:`structconv.compare.summarize` records them)."""
+    return row.get("label", row["method"]), row.get("marker", "o"), row.get("color", "gray")
 
 
 def plot_study(summary: dict, out_dir: str | Path, *, prefix: str = "") -> list[Path]:
@@ -40,15 +30,22 @@ def plot_study(summary: dict, out_dir: str | Path, *, prefix: str = "") -> list[
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    compressed = [m for m in methods if m != "dense"]
+    compressed = [m for m in methods if any(r["target"] is not None for r in rows if r["method"] == m)]
     for method in methods:
         pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["mults"])
-        label, marker, color = _label(method)
+        label, marker, color = _label(pts[0])
         # every method sits at the same mults (matched within 3 %): dodge them sideways to see them
-        dodge = 1.0 if method == "dense" else 1 + 0.012 * (compressed.index(method) - (len(compressed) - 1) / 2)
-        ax.errorbar([r["mults"] / 1e6 * dodge for r in pts], [r["accuracy_mean"] for r in pts],
-                    yerr=[r["accuracy_std"] for r in pts], marker=marker, color=color, label=label, capsize=3,
-                    linestyle=":" if len(pts) > 1 else "none")  # fmt: skip
+        dodge = 1.0 if method not in compressed else 1 + 0.012 * (compressed.index(method) - (len(compressed) - 1) / 2)
+        ax.errorbar(
+            [r["mults"] / 1e6 * dodge for r in pts],
+            [r["accuracy_mean"] for r in pts],
+            yerr=[r["accuracy_std"] for r in pts],
+            marker=marker,
+            color=color,
+            label=label,
+            capsize=3,
+            linestyle=":" if len(pts) > 1 else "none",
+        )
     ax.set_xlabel("multiplications per image (millions, paper's accounting; methods dodged ±4 % to be seen)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(title)
@@ -62,13 +59,19 @@ def plot_study(summary: dict, out_dir: str | Path, *, prefix: str = "") -> list[
         fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4), squeeze=False)
         for ax, table in zip(axes[0], tables):
             for r in rows:
-                key = "dense" if r["method"] == "dense" else \
-                    f"{'struct' if r['method'].startswith('struct') else r['method']}-{r['target']}"  # fmt: skip
+                key = r.get("latency_key")
                 if key not in table["median_ms"]:
                     continue
-                label, marker, color = _label(r["method"])
-                ax.errorbar(table["median_ms"][key], r["accuracy_mean"], yerr=r["accuracy_std"], marker=marker,
-                            color=color, capsize=3, label=label)  # fmt: skip
+                label, marker, color = _label(r)
+                ax.errorbar(
+                    table["median_ms"][key],
+                    r["accuracy_mean"],
+                    yerr=r["accuracy_std"],
+                    marker=marker,
+                    color=color,
+                    capsize=3,
+                    label=label,
+                )
             ax.set_title(f"{table['mode']}, batch {table['batch']}", fontsize=9)
             ax.set_xlabel(f"median latency (ms, {latency['threads']} threads)")
             ax.grid(alpha=0.3)
@@ -84,16 +87,21 @@ def plot_study(summary: dict, out_dir: str | Path, *, prefix: str = "") -> list[
     if curves:
         targets = sorted({r["target"] for r in curves})
         fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
-        dense = next((r for r in rows if r["method"] == "dense"), None)
+        dense = next((r for r in rows if r["target"] is None), None)
         for ax, target in zip(axes[0], targets):
             for r in (r for r in curves if r["target"] == target):
-                label, marker, color = _label(r["method"])
+                label, marker, color = _label(r)
                 steps = [p["step"] for p in r["curve"]]
                 mean = [p["accuracy_mean"] for p in r["curve"]]
                 std = [p["accuracy_std"] for p in r["curve"]]
                 ax.plot(steps, mean, marker=marker, color=color, label=label)
-                ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                color=color, alpha=0.15)  # fmt: skip
+                ax.fill_between(
+                    steps,
+                    [m - s for m, s in zip(mean, std)],
+                    [m + s for m, s in zip(mean, std)],
+                    color=color,
+                    alpha=0.15,
+                )
             if dense is not None:
                 ax.axhline(dense["accuracy_mean"], color="black", linestyle="--", linewidth=1, label="dense")
             ax.set_title(f"Struct-{target} budget", fontsize=9)

@@ -155,8 +155,14 @@ def padded_box_sum(
     exporting = _tracing() and torch.onnx.is_in_onnx_export()  # cheap test first (eager hot path)
     divisor = None if exporting else 1
     if nd == 1:
-        out = F.avg_pool2d(x.unsqueeze(2), (1, window[0]), (1, stride[0]), (0, padding[0]),
-                           count_include_pad=True, divisor_override=divisor).squeeze(2)  # fmt: skip
+        out = F.avg_pool2d(
+            x.unsqueeze(2),
+            (1, window[0]),
+            (1, stride[0]),
+            (0, padding[0]),
+            count_include_pad=True,
+            divisor_override=divisor,
+        ).squeeze(2)
     elif nd == 3 and any(size < w for size, w in zip(x.shape[2:], window)):
         # avg_pool3d rejects inputs smaller than the window even when padding covers it
         padded = F.pad(x, [p for q in reversed(padding) for p in (q, q)])
@@ -296,8 +302,9 @@ class PoolSpec:
             raise ValueError(f"pad={self.pad} must not be negative")
         # Per-axis symmetric zero padding under which a whole-spatial-pool kernel applies
         # (derived once: forward reads it on every call).
-        object.__setattr__(self, "kernel_padding",
-                           pooling_kernel_applies(self.window, self.dilation, self.pad, self.padding_mode))  # fmt: skip
+        object.__setattr__(
+            self, "kernel_padding", pooling_kernel_applies(self.window, self.dilation, self.pad, self.padding_mode)
+        )
 
     @property
     def nd(self) -> int:
@@ -307,23 +314,29 @@ class PoolSpec:
         """A one-line ``ValueError`` for an input this pool cannot take."""
         nd = self.nd
         if x.dim() != nd + 2:
-            raise ValueError(f"{owner}: a {nd}-D window expects a {nd + 2}-D input (batch, channels, "
-                             f"{nd} spatial), got shape {tuple(x.shape)}")  # fmt: skip
+            raise ValueError(
+                f"{owner}: a {nd}-D window expects a {nd + 2}-D input (batch, channels, "
+                f"{nd} spatial), got shape {tuple(x.shape)}"
+            )
         channels = x.shape[1]
         if channels % self.groups:
             raise ValueError(f"{owner}: input channels ({channels}) must be divisible by groups ({self.groups})")
         per_group = channels // self.groups
         if not 1 <= self.channel_window <= per_group:
-            raise ValueError(f"{owner}: channel_window={self.channel_window} must be in [1, {per_group}] (the input "
-                             "channels per group)")  # fmt: skip
+            raise ValueError(
+                f"{owner}: channel_window={self.channel_window} must be in [1, {per_group}] (the input "
+                "channels per group)"
+            )
         sizes = list(x.shape[2:])
         if self.pad:
             for a in range(nd):
                 sizes[a] += self.pad[2 * (nd - 1 - a)] + self.pad[2 * (nd - 1 - a) + 1]
         for a, (size, w, d) in enumerate(zip(sizes, self.window, self.dilation)):
             if (w - 1) * d + 1 > size:
-                raise ValueError(f"{owner}: spatial axis {a} has {size} positions (after padding) but the "
-                                 f"window spans {(w - 1) * d + 1}")  # fmt: skip
+                raise ValueError(
+                    f"{owner}: spatial axis {a} has {size} positions (after padding) but the "
+                    f"window spans {(w - 1) * d + 1}"
+                )
 
 
 class PoolConstants:
@@ -343,16 +356,18 @@ class PoolConstants:
         m = self._matrix
         if self._stale(m, x):
             with torch.inference_mode(False):  # usable by autograd even if built under inference_mode
-                m = channel_band_matrix(int(x.shape[1]), spec.channel_window, spec.groups, dtype=x.dtype,
-                                        device=x.device)  # fmt: skip
+                m = channel_band_matrix(
+                    int(x.shape[1]), spec.channel_window, spec.groups, dtype=x.dtype, device=x.device
+                )
             self._matrix = m
         return m
 
     def prepare(self, channels: int, spec: PoolSpec, *, dtype=None, device=None) -> None:
         """Build the channel matrix now (a GEMM channel pool then does no set-up work, and a tracer
         or exporter sees a ready constant)."""
-        self._matrix = channel_band_matrix(channels, spec.channel_window, spec.groups,
-                                           dtype=dtype or torch.get_default_dtype(), device=device)  # fmt: skip
+        self._matrix = channel_band_matrix(
+            channels, spec.channel_window, spec.groups, dtype=dtype or torch.get_default_dtype(), device=device
+        )
 
     def ones(self, x: Tensor, spec: PoolSpec) -> Tensor:
         k = self._ones
@@ -451,17 +466,30 @@ def _matmul_prefer(spec: PoolSpec, x: Tensor) -> bool:
     return spec.groups == 1 and spec.channel_window >= _GEMM_MIN_WINDOW and channels * c <= _GEMM_MAX_MACS
 
 
-register_backend(SumPoolBackend(
-    "matmul", "channel", "one GEMM with a constant 0/1 band matrix (a 1x1 conv where strided)", _FLOATS,
-    applies=lambda spec, x: True, prefer=_matmul_prefer,
-    run=lambda x, spec, k, stride=(): channel_sum_matmul(x, k.channel_matrix(x, spec), stride),
-    strided=True, runs_last=True,
-))  # fmt: skip
-register_backend(SumPoolBackend(
-    "sum", "channel", "shifted adds, or a cumulative sum for windows of 5 or more", _FLOATS,
-    applies=lambda spec, x: True, prefer=lambda spec, x: True,
-    run=lambda x, spec, k, stride=(): _channel_box_sum(x, spec.channel_window, spec.groups),
-))  # fmt: skip
+register_backend(
+    SumPoolBackend(
+        "matmul",
+        "channel",
+        "one GEMM with a constant 0/1 band matrix (a 1x1 conv where strided)",
+        _FLOATS,
+        applies=lambda spec, x: True,
+        prefer=_matmul_prefer,
+        run=lambda x, spec, k, stride=(): channel_sum_matmul(x, k.channel_matrix(x, spec), stride),
+        strided=True,
+        runs_last=True,
+    )
+)
+register_backend(
+    SumPoolBackend(
+        "sum",
+        "channel",
+        "shifted adds, or a cumulative sum for windows of 5 or more",
+        _FLOATS,
+        applies=lambda spec, x: True,
+        prefer=lambda spec, x: True,
+        run=lambda x, spec, k, stride=(): _channel_box_sum(x, spec.channel_window, spec.groups),
+    )
+)
 
 
 # ---- spatial backends --------------------------------------------------------------------
@@ -481,8 +509,9 @@ def _kernel_pool(method: str):
 
         if channel is None:
             return spatial(x)
-        grows = all((s + 2 * p - w) // st + 1 >= s
-                    for s, p, w, st in zip(x.shape[2:], padding, spec.window, spec.stride))  # fmt: skip
+        grows = all(
+            (s + 2 * p - w) // st + 1 >= s for s, p, w, st in zip(x.shape[2:], padding, spec.window, spec.stride)
+        )
         if grows:
             return spatial(channel.run(x, spec, k))
         return channel.run(spatial(x), spec, k)
@@ -535,22 +564,40 @@ def _shift_run(x: Tensor, spec: PoolSpec, k: PoolConstants, channel: SumPoolBack
     return x
 
 
-register_backend(SumPoolBackend(
-    "conv", "spatial", "depthwise convolution with a constant kernel of ones, zero padding inside",
-    frozenset({torch.float32, torch.float64, torch.bfloat16}),
-    applies=_kernel_applies,
-    # Inductor fuses the pooling kernel with its neighbours; a depthwise conv stays an opaque call
-    prefer=lambda spec, x: not torch.compiler.is_compiling() and x.shape[1] < _DEPTHWISE_MAX_CHANNELS,
-    run=_kernel_pool("conv"),
-))  # fmt: skip
-register_backend(SumPoolBackend(
-    "pool", "spatial", "avg_pool with divisor_override=1, zero padding inside", _FLOATS,
-    applies=_kernel_applies, prefer=lambda spec, x: True, run=_kernel_pool("pool"),
-))  # fmt: skip
-register_backend(SumPoolBackend(
-    "shift", "spatial", "explicit pad, then shifted adds (cumulative sums for wide windows) per axis", _FLOATS,
-    applies=lambda spec, x: True, prefer=lambda spec, x: True, run=_shift_run,
-))  # fmt: skip
+register_backend(
+    SumPoolBackend(
+        "conv",
+        "spatial",
+        "depthwise convolution with a constant kernel of ones, zero padding inside",
+        frozenset({torch.float32, torch.float64, torch.bfloat16}),
+        applies=_kernel_applies,
+        # Inductor fuses the pooling kernel with its neighbours; a depthwise conv stays an opaque call
+        prefer=lambda spec, x: not torch.compiler.is_compiling() and x.shape[1] < _DEPTHWISE_MAX_CHANNELS,
+        run=_kernel_pool("conv"),
+    )
+)
+register_backend(
+    SumPoolBackend(
+        "pool",
+        "spatial",
+        "avg_pool with divisor_override=1, zero padding inside",
+        _FLOATS,
+        applies=_kernel_applies,
+        prefer=lambda spec, x: True,
+        run=_kernel_pool("pool"),
+    )
+)
+register_backend(
+    SumPoolBackend(
+        "shift",
+        "spatial",
+        "explicit pad, then shifted adds (cumulative sums for wide windows) per axis",
+        _FLOATS,
+        applies=lambda spec, x: True,
+        prefer=lambda spec, x: True,
+        run=_shift_run,
+    )
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -593,14 +640,26 @@ def sum_pool(
     picks one; a named backend that does not apply to the input falls back to ``'auto'``).
     """
     nd = len(window)
-    spec = PoolSpec(int(channel_window), tuple(window), int(groups), _ntuple(dilation, nd, "dilation"),
-                    _ntuple(stride, nd, "stride"), tuple(pad), padding_mode)  # fmt: skip
+    spec = PoolSpec(
+        int(channel_window),
+        tuple(window),
+        int(groups),
+        as_ntuple(dilation, nd, "dilation"),
+        as_ntuple(stride, nd, "stride"),
+        tuple(pad),
+        padding_mode,
+    )
     spec.check_input(x)
-    return apply(x, spec, channel=select_backend("channel", spec, x, channel_method),
-                 spatial=select_backend("spatial", spec, x, spatial_method), constants=PoolConstants())  # fmt: skip
+    return apply(
+        x,
+        spec,
+        channel=select_backend("channel", spec, x, channel_method),
+        spatial=select_backend("spatial", spec, x, spatial_method),
+        constants=PoolConstants(),
+    )
 
 
-def _ntuple(value, nd: int, name: str) -> tuple[int, ...]:
+def as_ntuple(value, nd: int, name: str) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,) * nd
     value = tuple(int(v) for v in value)

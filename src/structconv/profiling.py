@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from . import validation as v
 from .complexity import count_ops
 from .convert import decompose
 from .models import create_model, default_input_size
@@ -17,23 +18,29 @@ __all__ = ["profile", "format_profile", "parse_input_size"]
 
 
 def parse_input_size(values, arch: str) -> tuple[int, int, int]:
+    """``(C, H, W)`` from ``C H W``, ``H W`` or ``H`` (the rest from the model's default input size)."""
     default = default_input_size(arch)
     if not values:
         return tuple(default)
-    values = [int(v) for v in values]
-    if any(v < 1 for v in values):
-        raise ValueError(f"--input-size {values}: sizes must be positive")
+    values = list(v.items(values, "input_size", each=lambda x, n: v.integer(x, n, low=1)))
     if len(values) == 1:
         return (default[0], values[0], values[0])
     if len(values) == 2:
         return (default[0], *values)
     if len(values) == 3:
         return tuple(values)
-    raise ValueError(f"--input-size {values}: give C H W, H W or H")
+    raise v.ArgumentError("{input_size}={value}: give C H W, H W or H", value=values)
 
 
-def profile(arch: str, *, struct: str | None = None, ratio: float | None = None, input_size=None,
-            num_classes: int | None = None, form: str = "deployed") -> dict:  # fmt: skip
+def profile(
+    arch: str,
+    *,
+    struct: str | None = None,
+    ratio: float | None = None,
+    input_size=None,
+    num_classes: int | None = None,
+    form: str = "deployed",
+) -> dict:
     """Count ops of ``arch`` (optionally Struct-A/B or a ratio) and compare with the paper's row."""
     input_size = parse_input_size(input_size, arch)
     struct = struct.upper() if struct else None
@@ -43,13 +50,28 @@ def profile(arch: str, *, struct: str | None = None, ratio: float | None = None,
     if structured and form == "deployed":
         model = decompose(model, on_unstructured="ignore")  # random weights: counting, not deploying
     report = count_ops(model, (1, *input_size))
-    out = {"arch": arch, "struct": struct, "ratio": ratio, "form": form if structured else "dense",
-           "input_size": list(input_size), **report.to_dict()}  # fmt: skip
+    out = {
+        "arch": arch,
+        "struct": struct,
+        "ratio": ratio,
+        "form": form if structured else "dense",
+        "input_size": list(input_size),
+        **report.to_dict(),
+    }
     row = paper_row(arch, struct) if ratio is None else None
     if row is not None:
-        comparable = tuple(input_size) == row.input_size and num_classes in (None, {"Table 1": 10, "Table 5": 19}.get(row.table, 1000))
-        paper = {"table": row.table, "label": row.label, "input_size": list(row.input_size), **row.figures(),
-                 "accuracy": row.accuracy, "comparable": comparable}  # fmt: skip
+        comparable = tuple(input_size) == row.input_size and num_classes in (
+            None,
+            {"Table 1": 10, "Table 5": 19}.get(row.table, 1000),
+        )
+        paper = {
+            "table": row.table,
+            "label": row.label,
+            "input_size": list(row.input_size),
+            **row.figures(),
+            "accuracy": row.accuracy,
+            "comparable": comparable,
+        }
         if comparable:
             paper["gap"] = {k: (out[k] - v) / v for k, v in row.figures().items() if v}
         out["paper"] = paper

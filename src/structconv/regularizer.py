@@ -9,8 +9,13 @@ from torch.autograd.function import once_differentiable
 from .basis import StructuredBasis
 from .layers import StructuredLayer
 
-__all__ = ["structural_regularization", "structure_errors", "add_normalized_regularization_grad_",
-           "project_gradients_", "project_weights_"]
+__all__ = [
+    "structural_regularization",
+    "structure_errors",
+    "add_normalized_regularization_grad_",
+    "project_gradients_",
+    "project_weights_",
+]
 
 
 class _RelativeResiduals(torch.autograd.Function):
@@ -78,7 +83,9 @@ def _groups(model: nn.Module, who: str) -> list[tuple[object, list[Tensor]]]:
             key = (basis if isinstance(basis, StructuredBasis) else id(basis), w.shape, w.dtype, w.device)
             groups.setdefault(key, (basis, []))[1].append(w)
     if not groups:
-        raise ValueError(f"{who}: {type(model).__name__} has no structured layers; call structconv.structurize(model, ...) first")
+        raise ValueError(
+            f"{who}: {type(model).__name__} has no structured layers; call structconv.structurize(model, ...) first"
+        )
     return list(groups.values())
 
 

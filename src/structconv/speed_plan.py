@@ -18,8 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from ._timing import capture_inputs, fixed_threads, interleaved_times, median_ms
-from .convert import StructurePlan, StructureSpec, _check_ratio, _describe, _structured_from_dense, plan
-from .convert import structure_candidates
+from .convert import (
+    StructurePlan,
+    StructureSpec,
+    check_ratio,
+    describe_layer,
+    plan,
+    structure_candidates,
+    structured_from_dense,
+)
 from .reporting import format_table
 
 __all__ = ["SpeedPlan", "candidate_structures", "speed_plan"]
@@ -46,7 +53,7 @@ def candidate_structures(channels: int, kernel_size: tuple[int, ...], ratio: flo
     """The candidates of :func:`~structconv.convert.structure_candidates` that compress (fewer
     degrees of freedom than the dense kernel) and stay within ``slack`` of the one with the most
     degrees of freedom, so a fast but much smaller choice is not preferred."""
-    ratio = _check_ratio(ratio, "candidate_structures")
+    ratio = check_ratio(ratio, "candidate_structures")
     full = channels * math.prod(kernel_size)
     found = [s for s in structure_candidates(channels, kernel_size, ratio) if s.c * math.prod(s.n) < full]
     if not found:
@@ -86,7 +93,7 @@ def speed_plan(
             raise ValueError("speed_plan: pass filter_fn to plan() when giving a reference StructurePlan")
         base = ratio
     else:
-        base = plan(model, _check_ratio(ratio, "speed_plan"), filter_fn=filter_fn)
+        base = plan(model, check_ratio(ratio, "speed_plan"), filter_fn=filter_fn)
     if not slack >= 1.0:
         raise ValueError(f"speed_plan: slack={slack} must be >= 1")
     names = [p.name for p in base.structured if p.layer_type.startswith("Conv")]
@@ -105,7 +112,7 @@ def speed_plan(
                 if name not in inputs:
                     continue
                 module = model.get_submodule(name)
-                _, channels, kernel = _describe(module)
+                _, channels, kernel = describe_layer(module)
                 cands = candidate_structures(channels, kernel, entry.ratio, slack=slack)
                 own = entry.spec.resolved(kernel)
                 if own not in cands:  # the reference's own choice always competes
@@ -115,7 +122,7 @@ def speed_plan(
                 x = inputs[name]
                 fns = {}
                 for spec in cands:
-                    dec = _structured_from_dense(module, spec).decompose().eval()
+                    dec = structured_from_dense(module, spec).decompose().eval()
                     if x.dim() == 4 and memory_format is not None:
                         dec = dec.to(memory_format=memory_format)
                     fns[f"{spec.c}x{'x'.join(map(str, spec.n))}"] = lambda d=dec: d(x)

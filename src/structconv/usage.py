@@ -37,12 +37,46 @@ def _metadata_functions() -> frozenset:
     its structured replacement's, except the shape, which a parent only reads to size things
     (and the dense-equivalent shape is kept on the decomposed layer as ``kernel_size`` etc.).
     """
-    names_get = ("shape", "dtype", "device", "ndim", "layout", "requires_grad", "is_cuda", "is_sparse",
-                 "is_quantized", "is_meta", "is_mkldnn", "is_nested", "names", "is_leaf", "grad_fn", "itemsize",
-                 "nbytes", "is_xpu", "is_mps", "is_cpu")  # fmt: skip
-    methods = ("size", "dim", "numel", "nelement", "element_size", "is_floating_point", "is_complex",
-               "is_contiguous", "stride", "storage_offset", "data_ptr", "get_device", "__len__", "ndimension",
-               "is_signed", "_is_view")  # fmt: skip
+    names_get = (
+        "shape",
+        "dtype",
+        "device",
+        "ndim",
+        "layout",
+        "requires_grad",
+        "is_cuda",
+        "is_sparse",
+        "is_quantized",
+        "is_meta",
+        "is_mkldnn",
+        "is_nested",
+        "names",
+        "is_leaf",
+        "grad_fn",
+        "itemsize",
+        "nbytes",
+        "is_xpu",
+        "is_mps",
+        "is_cpu",
+    )
+    methods = (
+        "size",
+        "dim",
+        "numel",
+        "nelement",
+        "element_size",
+        "is_floating_point",
+        "is_complex",
+        "is_contiguous",
+        "stride",
+        "storage_offset",
+        "data_ptr",
+        "get_device",
+        "__len__",
+        "ndimension",
+        "is_signed",
+        "_is_view",
+    )
     found = set()
     for name in names_get:
         attr = getattr(Tensor, name, None)
@@ -60,9 +94,7 @@ _METADATA = _metadata_functions()
 
 def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every ``nn.Conv1d/2d/3d`` (any ``_ConvNd``, transposed too) and ``nn.Linear``, subclasses included."""
-    return {
-        name: m for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-    }
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
 
 
 def _resolve_candidates(model: nn.Module, candidates) -> dict[str, nn.Module]:
@@ -209,6 +241,7 @@ def find_unsafe_layers(
     def push(name):
         def hook(module, args, kwargs=None):
             stack.append(name)
+
         return hook
 
     def pop(name):
@@ -216,7 +249,8 @@ def find_unsafe_layers(
             if stack and stack[-1] == name:
                 stack.pop()
             elif name in stack:  # an exception unwound inner modules
-                del stack[len(stack) - 1 - stack[::-1].index(name):]
+                del stack[len(stack) - 1 - stack[::-1].index(name) :]
+
         return hook
 
     def wrap(name, module):
@@ -240,11 +274,13 @@ def find_unsafe_layers(
     def enter(name):
         def hook(module, args):
             running[name] += 1  # pre-hooks of the layer (weight_norm) run inside its call
+
         return hook
 
     def leave(name):
         def hook(module, args, output):
             running[name] -= 1
+
         return hook
 
     mode = _UsageMode(owners, running, stack)

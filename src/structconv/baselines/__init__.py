@@ -20,6 +20,14 @@ from .narrow import narrow_to_mults
 from .pruning import ChannelMapShortcut, load_pruned, prune_to_mults, save_pruned
 
 __all__ = [
-    "TOLERANCE", "factor_spatial_svd", "factor_weight_svd", "spatial_svd", "weight_svd", "narrow_to_mults",
-    "ChannelMapShortcut", "load_pruned", "prune_to_mults", "save_pruned",
-]  # fmt: skip
+    "TOLERANCE",
+    "factor_spatial_svd",
+    "factor_weight_svd",
+    "spatial_svd",
+    "weight_svd",
+    "narrow_to_mults",
+    "ChannelMapShortcut",
+    "load_pruned",
+    "prune_to_mults",
+    "save_pruned",
+]

@@ -78,11 +78,7 @@ def rounding_order(full_sizes: list[int], *, min_size: int = 1) -> list[int]:
     item index of each decrement, largest ``rho`` first; ties go to the larger item (the smaller
     relative change), then to the earlier one.
     """
-    events = [
-        ((n - 0.5) / full, -full, i, n)
-        for i, full in enumerate(full_sizes)
-        for n in range(full, min_size, -1)
-    ]  # fmt: skip
+    events = [((n - 0.5) / full, -full, i, n) for i, full in enumerate(full_sizes) for n in range(full, min_size, -1)]
     events.sort(key=lambda e: (-e[0], e[1], e[2]))
     return [i for _, _, i, _ in events]
 

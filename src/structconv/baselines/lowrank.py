@@ -35,14 +35,23 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
+from ..convert import FilterFn, set_submodule
 from ._matching import (
-    TOLERANCE, check_target, closest_step, eval_forward, input_size, miss, mults_of, rounding_order, sizes_after, within,
-)  # fmt: skip
+    TOLERANCE,
+    check_target,
+    closest_step,
+    eval_forward,
+    input_size,
+    miss,
+    mults_of,
+    rounding_order,
+    sizes_after,
+    within,
+)
 
 __all__ = ["weight_svd", "spatial_svd", "factor_weight_svd", "factor_spatial_svd"]
 
@@ -95,9 +104,17 @@ def factor_weight_svd(layer: nn.Module, rank: int) -> nn.Sequential:
             _check_rank(rank, min(out_ch, in_ch * kh * kw), "factor_weight_svd")
             left, right = _svd_split(weight.reshape(out_ch, -1), rank)
             first = _new_like(
-                nn.Conv2d, in_ch, rank, (kh, kw), stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                bias=False, padding_mode=layer.padding_mode, like=weight,
-            )  # fmt: skip
+                nn.Conv2d,
+                in_ch,
+                rank,
+                (kh, kw),
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                bias=False,
+                padding_mode=layer.padding_mode,
+                like=weight,
+            )
             second = _new_like(nn.Conv2d, rank, out_ch, 1, bias=layer.bias is not None, like=weight)
             right, left = right.reshape(rank, in_ch, kh, kw), left.reshape(out_ch, rank, 1, 1)
         else:
@@ -132,11 +149,18 @@ def factor_spatial_svd(conv: nn.Conv2d, rank: int) -> nn.Sequential:
         left, right = _svd_split(weight.permute(1, 2, 0, 3).reshape(in_ch * kh, out_ch * kw), rank)
         vertical = _new_like(
             nn.Conv2d, in_ch, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False, like=weight
-        )  # fmt: skip
+        )
         horizontal = _new_like(
-            nn.Conv2d, rank, out_ch, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw),
-            bias=conv.bias is not None, like=weight,
-        )  # fmt: skip
+            nn.Conv2d,
+            rank,
+            out_ch,
+            (1, kw),
+            stride=(1, sw),
+            padding=(0, pw),
+            dilation=(1, dw),
+            bias=conv.bias is not None,
+            like=weight,
+        )
         # left[(c, i), r] -> vertical.weight[r, c, i, 0]; right[r, (o, j)] -> horizontal.weight[o, r, 0, j]
         vertical.weight.copy_(left.reshape(in_ch, kh, rank).permute(2, 0, 1).unsqueeze(-1))
         horizontal.weight.copy_(right.reshape(rank, out_ch, kw).permute(1, 0, 2).unsqueeze(2))
@@ -186,7 +210,7 @@ def _candidates(model: nn.Module, example_input: torch.Tensor, filter_fn, spatia
         if filter_fn is None:
             if name == classifier:
                 continue
-        elif not filter_fn(name, layer):
+        elif not filter_fn(layer, name):
             continue
         (in_shape, out_shape, _) = shapes[name]
         if isinstance(layer, nn.Linear):
@@ -215,15 +239,10 @@ def _candidates(model: nn.Module, example_input: torch.Tensor, filter_fn, spatia
     return found
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def _factorize(model, example_input, target_mults, *, filter_fn, tolerance, inplace, spatial: bool, who: str):
     size = input_size(example_input)
     if filter_fn is not None and not callable(filter_fn):
-        raise ValueError(f"{who}: filter_fn={filter_fn!r} must be a callable (name, module) -> bool")
+        raise ValueError(f"{who}: filter_fn={filter_fn!r} must be a callable (module, fqn) -> bool")
     dense = mults_of(model, size)
     target = check_target(target_mults, dense, tolerance, who)
     work = model if inplace else copy.deepcopy(model)
@@ -246,7 +265,7 @@ def _factorize(model, example_input, target_mults, *, filter_fn, tolerance, inpl
     for cand, rank in zip(cands, sizes_after(full, order, step)):
         if rank * cand.mults_per_rank < cand.dense_mults:
             factor = factor_spatial_svd if cand.spatial else factor_weight_svd
-            _set_submodule(work, cand.name, factor(cand.layer, rank))
+            set_submodule(work, cand.name, factor(cand.layer, rank))
     reached = mults_of(work, size)
     if reached != predicted:  # the per-layer formulas above must agree with count_ops
         raise RuntimeError(f"{who}: predicted {predicted:,} mults but count_ops counts {reached:,}")
@@ -258,13 +277,13 @@ def weight_svd(
     example_input: torch.Tensor,
     target_mults: float,
     *,
-    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+    filter_fn: FilterFn | None = None,
     tolerance: float = TOLERANCE,
     inplace: bool = False,
 ) -> nn.Module:
     """Factorize a (trained) model's layers by weight SVD until it costs ``target_mults`` mults.
 
-    Every ungrouped ``nn.Conv2d`` and every ``nn.Linear`` that ``filter_fn(name, module)``
+    Every ungrouped ``nn.Conv2d`` and every ``nn.Linear`` that ``filter_fn(module, fqn)``
     accepts (default: all but the classifier, the model's last ``nn.Linear``) gets the same
     rank ratio (see the module docstring); the mults (:func:`structconv.count_ops` on
     ``example_input``'s shape) end within ``tolerance`` (±3 %) of ``target_mults``, else
@@ -272,9 +291,15 @@ def weight_svd(
     ``nn.Sequential``\\ s (a copy unless ``inplace``).
     """
     return _factorize(
-        model, example_input, target_mults, filter_fn=filter_fn, tolerance=tolerance, inplace=inplace, spatial=False,
+        model,
+        example_input,
+        target_mults,
+        filter_fn=filter_fn,
+        tolerance=tolerance,
+        inplace=inplace,
+        spatial=False,
         who="weight_svd",
-    )  # fmt: skip
+    )
 
 
 def spatial_svd(
@@ -282,7 +307,7 @@ def spatial_svd(
     example_input: torch.Tensor,
     target_mults: float,
     *,
-    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+    filter_fn: FilterFn | None = None,
     tolerance: float = TOLERANCE,
     inplace: bool = False,
 ) -> nn.Module:
@@ -298,6 +323,12 @@ def spatial_svd(
     divides per axis.  Otherwise as :func:`weight_svd`.
     """
     return _factorize(
-        model, example_input, target_mults, filter_fn=filter_fn, tolerance=tolerance, inplace=inplace, spatial=True,
+        model,
+        example_input,
+        target_mults,
+        filter_fn=filter_fn,
+        tolerance=tolerance,
+        inplace=inplace,
+        spatial=True,
         who="spatial_svd",
-    )  # fmt: skip
+    )

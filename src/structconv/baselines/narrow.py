@@ -26,7 +26,14 @@ from torch import nn
 
 from ..models.cifar_resnet import PadShortcut
 from ._matching import TOLERANCE, check_target, closest_step, input_size, miss, mults_of, rounding_order, sizes_after
-from .pruning import ChannelMapShortcut, _names_of, _tp, customized_pruners, resolve_layers, unpad_shortcuts
+from .pruning import (
+    ChannelMapShortcut,
+    customized_pruners,
+    import_torch_pruning,
+    module_names,
+    resolve_layers,
+    unpad_shortcuts,
+)
 
 __all__ = ["narrow_to_mults"]
 
@@ -40,7 +47,7 @@ def _build(build_dense: Callable[[], nn.Module]) -> nn.Module:
 
 def _groups(model: nn.Module, example_input: torch.Tensor, ignored: list[nn.Module]) -> list[tuple[str, int]]:
     """``(root layer name, channels)`` of every prunable channel group (coupled layers pruned together)."""
-    tp = _tp()
+    tp = import_torch_pruning()
     graph = tp.DependencyGraph().build_dependency(model, example_input, customized_pruners=customized_pruners())
     names = {id(m): n for n, m in model.named_modules()}
     ignored_all = [m for layer in ignored for m in layer.modules()]
@@ -54,7 +61,7 @@ def _groups(model: nn.Module, example_input: torch.Tensor, ignored: list[nn.Modu
 
 def _narrowed(model: nn.Module, example_input: torch.Tensor, groups, widths: list[int], ignored) -> nn.Module:
     """Prune ``model`` (unpadded, modified) so group ``i`` keeps ``widths[i]`` channels."""
-    tp = _tp()
+    tp = import_torch_pruning()
     named = dict(model.named_modules())
     # BasePruner keeps int(C * (1 - ratio)) channels; the half channel guards against rounding
     ratios = {named[name]: 1 - (width + 0.5) / full for (name, full), width in zip(groups, widths) if width < full}
@@ -117,7 +124,7 @@ def narrow_to_mults(
     template = unpad_shortcuts(_build(build_dense), example_input)
     dense = mults_of(template, size)
     target = check_target(target_mults, dense, tolerance, who)
-    ignored_names = _names_of(template, resolve_layers(template, ignored_layers, who=who))
+    ignored_names = module_names(template, resolve_layers(template, ignored_layers, who=who))
     groups = _groups(template, example_input, [template.get_submodule(n) for n in ignored_names])
     if not groups:
         raise miss(who, target, dense, tolerance, "the model has no prunable channel group")

@@ -40,7 +40,7 @@ from ._matching import TOLERANCE, check_target, eval_forward, input_size, miss, 
 __all__ = ["ChannelMapShortcut", "prune_to_mults", "save_pruned", "load_pruned"]
 
 
-def _tp():
+def import_torch_pruning():
     try:
         import torch_pruning
     except ImportError as err:  # optional dependency
@@ -91,7 +91,7 @@ def _drop(positions: list[int], idxs) -> tuple[list[bool], list[int]]:
 @functools.cache
 def _channel_map_pruner():
     """A Torch-Pruning ``BasePruningFunc`` for :class:`ChannelMapShortcut` (built on first use: tp is optional)."""
-    tp = _tp()
+    tp = import_torch_pruning()
 
     class ChannelMapPruner(tp.pruner.BasePruningFunc):
         TARGET_MODULES = ChannelMapShortcut
@@ -174,7 +174,7 @@ def resolve_layers(model: nn.Module, layers, *, who: str) -> list[nn.Module]:
     return found
 
 
-def _names_of(model: nn.Module, modules: list[nn.Module]) -> list[str]:
+def module_names(model: nn.Module, modules: list[nn.Module]) -> list[str]:
     names = {id(m): n for n, m in model.named_modules()}
     return [names[id(m)] for m in modules]
 
@@ -194,14 +194,15 @@ def _geometric_schedule(target_fraction: float, steps: int):
     return schedule
 
 
-def _progressive(model, example_input, size, target, *, ignored, round_to, steps, global_pruning,
-                 max_pruning_ratio, dense):  # fmt: skip
+def _progressive(
+    model, example_input, size, target, *, ignored, round_to, steps, global_pruning, max_pruning_ratio, dense
+):
     """One progressive run on ``model`` (modified) until its mults fall to ``target`` or below.
 
     Returns ``[(mults, history), ...]`` after each step, ``history`` being Torch-Pruning's
     pruning history up to that step (replayable with ``DependencyGraph.load_pruning_history``).
     """
-    tp = _tp()
+    tp = import_torch_pruning()
     # run up to 3x the planned steps: mults fall slower than (1 - ratio)^2 where a layer's
     # input is fixed (the stem) or a layer is ignored (the classifier)
     pruner = tp.pruner.BasePruner(
@@ -228,7 +229,7 @@ def _progressive(model, example_input, size, target, *, ignored, round_to, steps
 
 def _replay(model: nn.Module, example_input: torch.Tensor, history) -> nn.Module:
     """Apply a Torch-Pruning pruning history to ``model`` (its shortcuts unpadded first)."""
-    tp = _tp()
+    tp = import_torch_pruning()
     unpad_shortcuts(model, example_input)
     graph = tp.DependencyGraph().build_dependency(model, example_input, customized_pruners=customized_pruners())
     graph.load_pruning_history(history)
@@ -303,7 +304,7 @@ def prune_to_mults(
     dense = mults_of(model, size)
     target = check_target(target_mults, dense, tolerance, who)
     shape = _output_shape(model, example_input)
-    ignored_names = _names_of(model, resolve_layers(model, ignored_layers, who=who))
+    ignored_names = module_names(model, resolve_layers(model, ignored_layers, who=who))
     if within(dense, target, tolerance):
         return model if inplace else copy.deepcopy(model)
 
@@ -314,9 +315,17 @@ def prune_to_mults(
         work = unpad_shortcuts(copy.deepcopy(model), example_input)
         named = dict(work.named_modules())
         trace = _progressive(
-            work, example_input, size, target, ignored=[named[n] for n in ignored_names], round_to=round_to,
-            steps=steps * 2**attempt, global_pruning=global_pruning, max_pruning_ratio=max_pruning_ratio, dense=dense,
-        )  # fmt: skip
+            work,
+            example_input,
+            size,
+            target,
+            ignored=[named[n] for n in ignored_names],
+            round_to=round_to,
+            steps=steps * 2**attempt,
+            global_pruning=global_pruning,
+            max_pruning_ratio=max_pruning_ratio,
+            dense=dense,
+        )
         best = min(range(len(trace)), key=lambda k: abs(trace[k][0] - target))
         if within(trace[best][0], target, tolerance):
             break
@@ -344,7 +353,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> None:
     tensors; the file is written beside ``path`` and moved over it, so a crash never leaves a
     half-written checkpoint.
     """
-    atomic_save(_tp().state_dict(model), path)
+    atomic_save(import_torch_pruning().state_dict(model), path)
 
 
 def load_pruned(path: str | os.PathLike, dense_model: nn.Module, *, map_location="cpu") -> nn.Module:
@@ -357,4 +366,4 @@ def load_pruned(path: str | os.PathLike, dense_model: nn.Module, *, map_location
     state = torch.load(path, map_location=map_location, weights_only=False)
     if not isinstance(state, dict) or "full_state_dict" not in state:
         raise ValueError(f"load_pruned: {os.fspath(path)!r} is not a tp.state_dict checkpoint (see save_pruned)")
-    return _tp().load_state_dict(dense_model, state_dict=state)
+    return import_torch_pruning().load_state_dict(dense_model, state_dict=state)

@@ -13,10 +13,12 @@ its traceback: it is a bug.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
-from ._args import Parser
+from .. import validation
+from ._args import CommandError, Parser
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -26,17 +28,35 @@ COMMANDS = {
     "eval": ("structconv.cli.eval", "evaluate a checkpoint on a dataset"),
     "bench": ("structconv.cli.bench", "time dense vs decomposed models (interleaved medians)"),
     "export": ("structconv.cli.export", "export a decomposed model to TorchScript and ONNX"),
-    "compare": ("structconv.cli.compare", "structured convolutions vs pruning, low-rank and narrow nets, at equal cost"),
+    "compare": (
+        "structconv.cli.compare",
+        "structured convolutions vs pruning, low-rank and narrow nets, at equal cost",
+    ),
 }
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit status 2."""
 
 
 def _load(command: str):
     module = importlib.import_module(COMMANDS[command][0])
     return module.get_args_parser, module.main
+
+
+def flag_names(parser: argparse.ArgumentParser, aliases: dict[str, str] | None = None) -> dict[str, str]:
+    """``{Python argument name: flag}`` for the library errors of a command: each option's
+    ``dest`` spelled as its long flag (the one matching ``--dest`` if there are several),
+    positionals as their metavar, then the command's own ``aliases`` (for library arguments
+    named differently from the option that sets them)."""
+    names: dict[str, str] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public list of its actions
+        if action.dest in (None, "help", argparse.SUPPRESS):
+            continue
+        if action.option_strings:
+            wanted = "--" + action.dest.replace("_", "-")
+            longs = [o for o in action.option_strings if o.startswith("--")] or list(action.option_strings)
+            names.setdefault(action.dest, wanted if wanted in longs else max(longs, key=len))
+        else:
+            names.setdefault(action.dest, (action.metavar or action.dest).upper())
+    names.update(aliases or {})
+    return names
 
 
 def build_parser(command: str | None = None) -> Parser:
@@ -54,8 +74,17 @@ def build_parser(command: str | None = None) -> Parser:
     return parser
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    return sub.choices[command]
+
+
+def _one_line(err: BaseException, names: dict[str, str]) -> str:
+    """The error as one line; a library error's Python argument names are spelled as ``names`` (the flags)."""
+    if isinstance(err, validation.Message):
+        text = err.render(names, owner=False)
+    else:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return "; ".join(lines) or type(err).__name__
 
@@ -69,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, --version, or a usage error already printed on one line
         return done.code if isinstance(done.code, int) else 0
     _, main_fn = _load(args.command)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    names = flag_names(_command_parser(parser, args.command), getattr(module, "ARGUMENT_FLAGS", None))
     try:
         status = main_fn(args)
     except KeyboardInterrupt as err:
-        detail = f": {_one_line(err)}" if str(err) else ""
+        detail = f": {_one_line(err, names)}" if str(err) else ""
         print(f"structconv {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
     except (CommandError, ValueError, OSError) as err:
-        print(f"structconv {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"structconv {args.command}: error: {_one_line(err, names)}", file=sys.stderr)
         return 2
     return int(status or 0)

@@ -5,7 +5,22 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["Parser", "positive_int", "nonnegative_int", "finite_float", "int_list", "step_list", "name_list"]
+__all__ = [
+    "CommandError",
+    "Parser",
+    "positive_int",
+    "nonnegative_int",
+    "finite_float",
+    "path_arg",
+    "int_list",
+    "step_list",
+    "name_list",
+    "float_list",
+]
+
+
+class CommandError(Exception):
+    """A user-facing failure of a command: printed without a traceback, exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,12 +58,28 @@ def finite_float(text: str) -> float:
     return value
 
 
+def path_arg(text: str) -> str:
+    """A file or directory name; an empty one is refused (it would mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no file or directory (an empty path would mean the current directory)"
+        )
+    return text
+
+
+def _items(text: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``; an empty item (``"a,,b"``, ``"a,"``) is refused, never dropped."""
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError(f"{text!r} lists no values")
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item")
+    return items
+
+
 def int_list(text: str, low: int = 1) -> tuple[int, ...]:
     """``"1,8,32"`` -> ``(1, 8, 32)``, each at least ``low``."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"{text!r} lists no values (e.g. 1,8,32)")
-    return tuple(_int(t, low, f"an integer >= {low}") for t in items)
+    return tuple(_int(t, low, f"an integer >= {low}") for t in _items(text))
 
 
 def step_list(text: str) -> tuple[int, ...]:
@@ -58,7 +89,9 @@ def step_list(text: str) -> tuple[int, ...]:
 
 def name_list(text: str) -> tuple[str, ...]:
     """``"a,b"`` -> ``("a", "b")``."""
-    items = tuple(t.strip() for t in text.split(",") if t.strip())
-    if not items:
-        raise argparse.ArgumentTypeError(f"{text!r} lists no names")
-    return items
+    return tuple(_items(text))
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """``"0,0.5,1"`` -> ``(0.0, 0.5, 1.0)``, each finite."""
+    return tuple(finite_float(t) for t in _items(text))

@@ -6,35 +6,60 @@ import argparse
 import json
 from pathlib import Path
 
-from ._args import finite_float, positive_int
+from ._args import CommandError, finite_float, name_list, path_arg, positive_int
 
-__all__ = ["get_args_parser", "main"]
+__all__ = ["get_args_parser", "main", "ARGUMENT_FLAGS"]
+
+#: library arguments named differently from the options that set them
+ARGUMENT_FLAGS = {"formats": "--format", "output_dir": "--output", "input_size": "--image-size"}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="export a decomposed model to TorchScript and ONNX", add_help=add_help)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a structconv checkpoint (structured or decomposed; see structconv.save)")
+    src.add_argument(
+        "--checkpoint", type=path_arg, help="a structconv checkpoint (structured or decomposed; see structconv.save)"
+    )
     src.add_argument("--arch", help="build this architecture with random weights (for trying the pipeline)")
     p.add_argument("--struct", choices=("A", "B"), help="with --arch: the paper's Struct-A/B plan")
     p.add_argument("--ratio", type=finite_float, help="with --arch: uniform ratio instead of --struct")
     p.add_argument("--num-classes", type=positive_int, default=None)
-    p.add_argument("--image-size", type=positive_int, default=None,
-                   help="input height=width (default: what the checkpoint was trained on, or the model's)")  # fmt: skip
-    p.add_argument("--batch", type=positive_int, default=1,
-                   help="batch size of the example input (the exported batch is dynamic)")  # fmt: skip
-    p.add_argument("--output", "-o", default="exported", help="output directory (default ./exported)")
-    p.add_argument("--name", default=None, help="file stem (default: the architecture or checkpoint name)")
-    p.add_argument("--format", default="onnx,torchscript", help="comma-separated: onnx, torchscript")
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="input height=width (default: what the checkpoint was trained on, or the model's)",
+    )
+    p.add_argument(
+        "--batch", type=positive_int, default=1, help="batch size of the example input (the exported batch is dynamic)"
+    )
+    p.add_argument("--output", "-o", type=path_arg, default="exported", help="output directory (default ./exported)")
+    p.add_argument(
+        "--name", type=path_arg, default=None, help="file stem (default: the architecture or checkpoint name)"
+    )
+    p.add_argument(
+        "--format", type=name_list, default=("onnx", "torchscript"), help="comma-separated: onnx, torchscript"
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter first")
-    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="fold BatchNorm into the preceding convs before exporting (default on)")
-    p.add_argument("--autotune", action="store_true",
-                   help="run layers measured slower decomposed as recomposed dense kernels (exact either way)")
+    p.add_argument(
+        "--fold-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fold BatchNorm into the preceding convs before exporting (default on)",
+    )
+    p.add_argument(
+        "--autotune",
+        action="store_true",
+        help="run layers measured slower decomposed as recomposed dense kernels (exact either way)",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="threads for --autotune measurements")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="check ONNX Runtime and TorchScript against PyTorch (default on)")
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="check ONNX Runtime and TorchScript against PyTorch (default on)",
+    )
     p.add_argument("--rtol", type=finite_float, default=1e-4, help="relative error allowed by --verify")
     p.add_argument("--overwrite", action="store_true", help="replace files that already exist in --output")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -50,7 +75,7 @@ def _source(args):
         from ..export import checkpoint_input_size
 
         if args.struct or args.ratio:
-            raise ValueError("--struct/--ratio apply to --arch; a checkpoint records its own structure")
+            raise CommandError("--struct/--ratio apply to --arch; a checkpoint records its own structure")
         model, ckpt = load_model(args.checkpoint)
         arch = (ckpt.get("model") or {}).get("arch")
         chans, h, w = checkpoint_input_size(ckpt, input_size_for(arch, None))
@@ -58,7 +83,7 @@ def _source(args):
             h = w = args.image_size
         return model, args.name or Path(args.checkpoint).stem, (chans, h, w)
     if args.struct is None and args.ratio is None:
-        raise ValueError("with --arch, give --struct A|B or --ratio R")
+        raise CommandError("with --arch, give --struct A|B or --ratio R")
     _, structured = build_models(args.arch, struct=args.struct, ratio=args.ratio, num_classes=args.num_classes)
     stem = args.name or (f"{args.arch}_struct{args.struct}" if args.struct else f"{args.arch}_r{args.ratio:g}")
     return structured, stem, input_size_for(args.arch, args.image_size)
@@ -67,11 +92,23 @@ def _source(args):
 def main(args: argparse.Namespace) -> int:
     from ..export import export_model
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     model, stem, size = _source(args)
-    summary = export_model(model, size, args.output, name=stem, formats=formats, batch=args.batch, opset=args.opset,
-                           dynamo=args.dynamo, fold_bn=args.fold_bn, autotune=args.autotune, threads=args.threads,
-                           verify=args.verify, rtol=args.rtol, overwrite=args.overwrite)  # fmt: skip
+    summary = export_model(
+        model,
+        size,
+        args.output,
+        name=stem,
+        formats=args.format,
+        batch=args.batch,
+        opset=args.opset,
+        dynamo=args.dynamo,
+        fold_bn=args.fold_bn,
+        autotune=args.autotune,
+        threads=args.threads,
+        verify=args.verify,
+        rtol=args.rtol,
+        overwrite=args.overwrite,
+    )
     report = summary.pop("_report", None)
     if args.json:
         print(json.dumps(summary, indent=1))

@@ -17,11 +17,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--struct", choices=["A", "B", "a", "b"], help="the paper's Struct-A / Struct-B plan")
     group.add_argument("--ratio", type=finite_float, help="uniform compression ratio for structurize()")
-    parser.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
-                        help="C H W, or H W, or H (default: the model's own, e.g. 3 32 32 for CIFAR ResNets)")  # fmt: skip
+    parser.add_argument(
+        "--input-size",
+        type=positive_int,
+        nargs="+",
+        metavar="N",
+        help="C H W, or H W, or H (default: the model's own, e.g. 3 32 32 for CIFAR ResNets)",
+    )
     parser.add_argument("--num-classes", type=positive_int, default=None, help="classifier size (model default)")
-    parser.add_argument("--form", choices=["deployed", "training"], default="deployed",
-                        help="count the decomposed deployment form (default) or the structured training form")  # fmt: skip
+    parser.add_argument(
+        "--form",
+        choices=["deployed", "training"],
+        default="deployed",
+        help="count the decomposed deployment form (default) or the structured training form",
+    )
     parser.add_argument("--layers", action="store_true", help="also print the per-layer rows")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -30,8 +39,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from ..profiling import format_profile, profile
 
-    result = profile(args.arch, struct=args.struct, ratio=args.ratio, input_size=args.input_size,
-                     num_classes=args.num_classes, form=args.form)  # fmt: skip
+    result = profile(
+        args.arch,
+        struct=args.struct,
+        ratio=args.ratio,
+        input_size=args.input_size,
+        num_classes=args.num_classes,
+        form=args.form,
+    )
     report = result.pop("_report")
     if args.json:
         if args.layers:

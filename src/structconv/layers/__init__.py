@@ -18,23 +18,43 @@ Modules: :mod:`._common` (the mixins), :mod:`.sum_pool`, :mod:`.conv`, :mod:`.li
 from ._common import DecomposedLayer, StructuredLayer
 from .composite import CompositeConv1d, CompositeConv2d, CompositeConv3d, DecomposedCompositeConv
 from .conv import (
+    DECOMPOSED_CONV,
+    STRUCTURED_CONV,
     DecomposedConv1d,
     DecomposedConv2d,
     DecomposedConv3d,
+    DecomposedConvNd,
     StructuredConv1d,
     StructuredConv2d,
     StructuredConv3d,
-    _DecomposedConvNd,
-    _StructuredConvNd,
+    StructuredConvNd,
 )
 from .linear import DecomposedLinear, StructuredLinear
 from .parametrize import OrthonormalCoefficients, deorthonormalize_, orthonormalize_, small_layer
 from .sum_pool import SumPool
 
 __all__ = [
-    "StructuredLayer", "DecomposedLayer", "SumPool",
-    "StructuredConv1d", "StructuredConv2d", "StructuredConv3d", "StructuredLinear",
-    "DecomposedConv1d", "DecomposedConv2d", "DecomposedConv3d", "DecomposedLinear",
-    "CompositeConv1d", "CompositeConv2d", "CompositeConv3d", "DecomposedCompositeConv",
-    "OrthonormalCoefficients", "orthonormalize_", "deorthonormalize_", "small_layer",
-]  # fmt: skip
+    "StructuredLayer",
+    "DecomposedLayer",
+    "SumPool",
+    "StructuredConvNd",
+    "StructuredConv1d",
+    "StructuredConv2d",
+    "StructuredConv3d",
+    "StructuredLinear",
+    "DecomposedConvNd",
+    "DecomposedConv1d",
+    "DecomposedConv2d",
+    "DecomposedConv3d",
+    "DecomposedLinear",
+    "STRUCTURED_CONV",
+    "DECOMPOSED_CONV",
+    "CompositeConv1d",
+    "CompositeConv2d",
+    "CompositeConv3d",
+    "DecomposedCompositeConv",
+    "OrthonormalCoefficients",
+    "orthonormalize_",
+    "deorthonormalize_",
+    "small_layer",
+]

@@ -14,7 +14,7 @@ __all__ = ["StructuredLayer", "DecomposedLayer", "DENSE_CONV"]
 DENSE_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
-def _int(value, name: str, owner: str) -> int:
+def as_int(value, name: str, owner: str) -> int:
     """``value`` as an int if it is integer-like (int, numpy integer, 0-d integer tensor), else a
     ``ValueError`` naming ``owner`` and ``name``; bools and floats are refused."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
@@ -22,26 +22,26 @@ def _int(value, name: str, owner: str) -> int:
     return int(value.__index__())
 
 
-def _tuple(value, nd: int, name: str, owner: str) -> tuple[int, ...]:
+def as_tuple(value, nd: int, name: str, owner: str) -> tuple[int, ...]:
     """An int or a sequence of ``nd`` integer-like values, as a tuple of ints."""
     if isinstance(value, (str, bytes)) or isinstance(value, bool):
         raise ValueError(f"{owner}: {name}={value!r} must be an int or a tuple of {nd} ints")
     if hasattr(value, "__index__"):
-        return (_int(value, name, owner),) * nd
+        return (as_int(value, name, owner),) * nd
     try:
         items = tuple(value)
     except TypeError:
         raise ValueError(f"{owner}: {name}={value!r} must be an int or a tuple of {nd} ints") from None
     if len(items) != nd:
         raise ValueError(f"{owner}: {name}={value!r} must have {nd} entries")
-    return tuple(_int(v, name, owner) for v in items)
+    return tuple(as_int(v, name, owner) for v in items)
 
 
-def _basis_for(owner: str, channels_per_group: int, kernel_size, c, n) -> StructuredBasis:
+def basis_for(owner: str, channels_per_group: int, kernel_size, c, n) -> StructuredBasis:
     nd = len(kernel_size)
-    c = _int(c, "c", owner)
+    c = as_int(c, "c", owner)
     try:
-        return StructuredBasis(channels_per_group, tuple(kernel_size), c, _tuple(n, nd, "n", owner))
+        return StructuredBasis(channels_per_group, tuple(kernel_size), c, as_tuple(n, nd, "n", owner))
     except ValueError as err:
         raise ValueError(f"{owner}: {err}") from None
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..basis import CompositeBasis
 from ..functional import conv_padding, pad_input
-from ._common import DENSE_CONV, DecomposedLayer, StructuredLayer, _tuple
+from ._common import DENSE_CONV, DecomposedLayer, StructuredLayer, as_tuple
 
 __all__ = ["CompositeConv1d", "CompositeConv2d", "CompositeConv3d", "DecomposedCompositeConv"]
 
@@ -29,10 +29,25 @@ class _CompositeConvNd(StructuredLayer):
 
     _nd: int
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", device=None, dtype=None, *, basis) -> None:  # fmt: skip
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype)  # fmt: skip
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        basis,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
         owner = type(self).__name__
         try:
             basis = basis if isinstance(basis, CompositeBasis) else CompositeBasis(basis)
@@ -49,19 +64,35 @@ class _CompositeConvNd(StructuredLayer):
     @classmethod
     def from_dense(cls, conv: nn.Module, *, basis) -> "_CompositeConvNd":
         new = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            conv.groups, conv.bias is not None, conv.padding_mode, device="meta", basis=basis,
-        )  # fmt: skip
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device="meta",
+            basis=basis,
+        )
         new.weight, new.bias = conv.weight, conv.bias
         new.train(conv.training)
         return new
 
     def decompose(self) -> "DecomposedCompositeConv":
         dec = DecomposedCompositeConv(
-            self.basis, self.out_channels, stride=self.stride, padding=self.padding, dilation=self.dilation,
-            groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
-            device=self.weight.device, dtype=self.weight.dtype,
-        )  # fmt: skip
+            self.basis,
+            self.out_channels,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             alpha = self.coefficients()  # (C_out, M)
             dec.conv.weight.copy_(alpha.reshape(dec.conv.weight.shape))
@@ -96,8 +127,20 @@ class DecomposedCompositeConv(DecomposedLayer, nn.Module):
     """Eq. (1): ``E_m = sum(X . beta_m)`` for every mask (a conv with fixed 0/1 weights), then
     ``Y = sum_m alpha_m E_m`` (a grouped 1x1 conv)."""
 
-    def __init__(self, basis: CompositeBasis, out_channels: int, *, stride, padding, dilation, groups: int = 1,
-                 bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        basis: CompositeBasis,
+        out_channels: int,
+        *,
+        stride,
+        padding,
+        dilation,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.basis = basis
         shape = basis.full_shape
@@ -105,8 +148,8 @@ class DecomposedCompositeConv(DecomposedLayer, nn.Module):
         self._nd = nd
         self.kernel_size = tuple(shape[1:])
         self.in_channels, self.out_channels, self.groups = shape[0] * groups, out_channels, groups
-        self.stride = _tuple(stride, nd, "stride", "DecomposedCompositeConv")
-        self.dilation = _tuple(dilation, nd, "dilation", "DecomposedCompositeConv")
+        self.stride = as_tuple(stride, nd, "stride", "DecomposedCompositeConv")
+        self.dilation = as_tuple(dilation, nd, "dilation", "DecomposedCompositeConv")
         self.padding, self.padding_mode = padding, padding_mode
         pads = conv_padding(padding, self.kernel_size, self.dilation, self.stride)
         symmetric = all(a == b for a, b in pads)
@@ -127,9 +170,18 @@ class DecomposedCompositeConv(DecomposedLayer, nn.Module):
     def recompose(self) -> nn.Module:
         w = self.conv.weight
         dense = DENSE_CONV[self._nd](
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
-            self.groups, self.conv.bias is not None, self.padding_mode, device=w.device, dtype=w.dtype,
-        )  # fmt: skip
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.conv.bias is not None,
+            self.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
         with torch.no_grad():
             dense.weight.copy_(self.basis.compose(w.reshape(self.out_channels, -1)))
             if self.conv.bias is not None:

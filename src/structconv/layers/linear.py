@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..pooling import box_sum
-from ._common import DecomposedLayer, StructuredLayer, _basis_for, _int, init_as_projected_dense
+from ._common import DecomposedLayer, StructuredLayer, as_int, basis_for, init_as_projected_dense
 
 __all__ = ["StructuredLinear", "DecomposedLinear"]
 
@@ -15,10 +15,11 @@ __all__ = ["StructuredLinear", "DecomposedLinear"]
 class StructuredLinear(StructuredLayer, nn.Linear):
     """``nn.Linear`` whose rows are structured 1-D kernels with ``r`` degrees of freedom (Sec. 4.3)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 *, r: int) -> None:  # fmt: skip
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *, r: int
+    ) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
-        self.basis = _basis_for(type(self).__name__, in_features, (), r, ())
+        self.basis = basis_for(type(self).__name__, in_features, (), r, ())
 
     @property
     def r(self) -> int:
@@ -35,10 +36,23 @@ class StructuredLinear(StructuredLayer, nn.Linear):
         new.train(linear.training)
         return new
 
-    def decompose(self) -> "DecomposedLinear":
+    def decomposed_form(self, *, init: bool) -> "DecomposedLinear":
+        """A decomposed layer with this layer's options, on its device and dtype: with ``init``
+        freshly initialized for direct training (Sec. 6.4), else empty, to receive ``alpha``."""
         w = self.weight
-        dec = DecomposedLinear(self.in_features, self.out_features, self.bias is not None,
-                               device=w.device, dtype=w.dtype, r=self.r, _init=False)  # fmt: skip
+        return DecomposedLinear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+            r=self.r,
+            _init=init,
+        )
+
+    def decompose(self) -> "DecomposedLinear":
+        """Deployment form: sum-pool + small linear with ``alpha = A^+ W`` (exact for the projected W)."""
+        dec = self.decomposed_form(init=False)
         with torch.no_grad():
             dec.linear.weight.copy_(self.coefficients())
             if self.bias is not None:
@@ -53,20 +67,30 @@ class StructuredLinear(StructuredLayer, nn.Linear):
 class DecomposedLinear(DecomposedLayer, nn.Module):
     """Structured Linear in deployment form: sum-pool the last axis (window ``Q-r+1``), then ``Linear(r, P)``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 *, r: int, _init: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        r: int,
+        _init: bool = True,
+    ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.in_features = _int(in_features, "in_features", owner)
-        self.out_features = _int(out_features, "out_features", owner)
-        self.basis = _basis_for(owner, self.in_features, (), r, ())
+        self.in_features = as_int(in_features, "in_features", owner)
+        self.out_features = as_int(out_features, "out_features", owner)
+        self.basis = basis_for(owner, self.in_features, (), r, ())
         self.window = self.in_features - self.r + 1
         if _init:
             self.linear = nn.Linear(self.r, self.out_features, bias, device=device, dtype=dtype)
             init_as_projected_dense(self.linear, self.basis)
         else:  # built to receive alpha (decompose): skip drawing an init that is overwritten at once
             self.linear = nn.Linear(self.r, self.out_features, bias, device="meta", dtype=dtype).to_empty(
-                device=device if device is not None else "cpu")
+                device=device if device is not None else "cpu"
+            )
 
     @property
     def r(self) -> int:
@@ -82,13 +106,17 @@ class DecomposedLinear(DecomposedLayer, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"DecomposedLinear: expected {self.in_features} input features, got {x.shape[-1]} "
-                             f"(input shape {tuple(x.shape)})")  # fmt: skip
+            raise ValueError(
+                f"DecomposedLinear: expected {self.in_features} input features, got {x.shape[-1]} "
+                f"(input shape {tuple(x.shape)})"
+            )
         return self.linear(box_sum(x, -1, self.window))
 
     def recompose(self) -> nn.Linear:
         w = self.linear.weight
-        dense = nn.Linear(self.in_features, self.out_features, self.linear.bias is not None, device=w.device, dtype=w.dtype)
+        dense = nn.Linear(
+            self.in_features, self.out_features, self.linear.bias is not None, device=w.device, dtype=w.dtype
+        )
         with torch.no_grad():
             dense.weight.copy_(self.basis.compose(w))
             if self.linear.bias is not None:

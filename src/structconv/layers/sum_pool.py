@@ -37,8 +37,9 @@ class SumPool(nn.Module):
         owner: str = "SumPool",
     ) -> None:
         super().__init__()
-        self.spec = _sp.PoolSpec(int(channel_window), tuple(window), int(groups), tuple(dilation), tuple(stride),
-                                 tuple(pad), padding_mode)  # fmt: skip
+        self.spec = _sp.PoolSpec(
+            int(channel_window), tuple(window), int(groups), tuple(dilation), tuple(stride), tuple(pad), padding_mode
+        )
         self.in_channels = in_channels
         self.owner = owner  # the layer named in error messages
         self._channel_method = "auto"
@@ -92,7 +93,10 @@ class SumPool(nn.Module):
         """Build the constants for ``channels`` input channels now (they are otherwise built on
         the first forward), so ``forward`` does no set-up work; returns ``self``."""
         probe = torch.empty((1, channels) + (1,) * len(self.window), dtype=dtype, device="meta")
-        if self.channel_window > 1 and _sp.select_backend("channel", self.spec, probe, self._channel_method).name == "matmul":
+        if (
+            self.channel_window > 1
+            and _sp.select_backend("channel", self.spec, probe, self._channel_method).name == "matmul"
+        ):
             self._constants.prepare(channels, self.spec, dtype=dtype, device=device)
         return self
 
@@ -103,11 +107,15 @@ class SumPool(nn.Module):
         if names is None:
             owner = self.owner
             if self.in_channels is not None and x.shape[1] != self.in_channels and x.dim() >= 2:
-                raise ValueError(f"{owner}: expected {self.in_channels} input channels, got {x.shape[1]} "
-                                 f"(input shape {tuple(x.shape)})")  # fmt: skip
+                raise ValueError(
+                    f"{owner}: expected {self.in_channels} input channels, got {x.shape[1]} "
+                    f"(input shape {tuple(x.shape)})"
+                )
             self.spec.check_input(x, owner)
-            names = (_sp.select_backend("channel", self.spec, x, self._channel_method).name,
-                     _sp.select_backend("spatial", self.spec, x, self._spatial_method).name)  # fmt: skip
+            names = (
+                _sp.select_backend("channel", self.spec, x, self._channel_method).name,
+                _sp.select_backend("spatial", self.spec, x, self._spatial_method).name,
+            )
             self._chosen[key] = names
         return _sp.BACKENDS["channel"][names[0]], _sp.BACKENDS["spatial"][names[1]]
 

@@ -2,7 +2,7 @@
 torchvision or timm classification model.
 
 ``create_model("cifar_resnet20", struct="A")`` builds the dense model and converts it to the
-structured *training form* with the paper's Struct-A plan (:mod:`.plans`); ``ratio=R`` uses a
+structured *training form* with the paper's Struct-A preset (:mod:`.presets`); ``ratio=R`` uses a
 uniform ``structurize(model, R)`` instead.  Names not registered fall back to
 ``torchvision.models.get_model`` and then ``timm.create_model``, so any torchvision or timm
 classification model can be structurized by name.  New families: :func:`register_model`.
@@ -12,21 +12,31 @@ from __future__ import annotations
 
 from torch import nn
 
+from .. import validation as v
 from . import zoo  # noqa: F401 - fills the registry
 from .registry import ModelEntry, get_entry, register_model, registered_models, unregister_model
 from .sources import is_timm, is_torchvision, timm_model, torchvision_model
 
 __all__ = [
-    "create_model", "dense_model", "check_known", "list_models", "default_input_size", "structurize_model", "register_model",
-    "unregister_model", "get_entry", "ModelEntry", "PAPER_MODELS",
-]  # fmt: skip
+    "create_model",
+    "dense_model",
+    "check_known",
+    "list_models",
+    "default_input_size",
+    "structurize_model",
+    "register_model",
+    "unregister_model",
+    "get_entry",
+    "ModelEntry",
+    "PAPER_MODELS",
+]
 
 #: the architectures of the paper's Sec. 6, in table order
 PAPER_MODELS = tuple(registered_models(paper=True))
 
 
 def list_models() -> list[str]:
-    """The registered architectures (names with Struct plans); any torchvision/timm name also works."""
+    """The registered architectures (names with Struct presets); any torchvision/timm name also works."""
     return registered_models()
 
 
@@ -57,27 +67,25 @@ def _unknown(name: str) -> ValueError:
     known = [*registered_models(), *torchvision.models.list_models(module=torchvision.models), *timm.list_models()]
     close = difflib.get_close_matches(name, known, n=4)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown architecture {name!r}: not a structconv, torchvision or timm classification model{hint}")
+    return ValueError(
+        f"unknown architecture {name!r}: not a structconv, torchvision or timm classification model{hint}"
+    )
 
 
 def check_known(name: str) -> None:
     """``ValueError`` (with close matches) unless ``name`` is registered, torchvision's or timm's."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"architecture name {name!r} must be a non-empty string")
+    v.text(name, "arch")
     if get_entry(name) is None and not is_torchvision(name) and not is_timm(name):
         raise _unknown(name)
 
 
-def _check_positive(value, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name}={value!r} must be a positive int")
-
-
-def dense_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None,
-                pretrained: bool = False) -> nn.Module:  # fmt: skip
+def dense_model(
+    name: str, *, num_classes: int | None = None, in_chans: int | None = None, pretrained: bool = False
+) -> nn.Module:
     """The dense (baseline) model ``name``."""
-    _check_positive(num_classes, "num_classes")
-    _check_positive(in_chans, "in_chans")
+    for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if value is not None:
+            v.integer(value, arg, low=1)
     entry = get_entry(name)
     if entry is not None:
         return entry.build(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
@@ -88,15 +96,16 @@ def dense_model(name: str, *, num_classes: int | None = None, in_chans: int | No
     raise _unknown(name)
 
 
-def structurize_model(model: nn.Module, name: str, *, struct: str | None = None, ratio: float | None = None) -> nn.Module:
+def structurize_model(
+    model: nn.Module, name: str, *, struct: str | None = None, ratio: float | None = None
+) -> nn.Module:
     """Convert a dense ``model`` (architecture ``name``) to its Struct-A/B plan or a uniform ``ratio``."""
     from ..convert import structurize
-    from .plans import struct_overrides
+    from .presets import preset_overrides
 
-    if struct is not None and ratio is not None:
-        raise ValueError(f"give struct={struct!r} or ratio={ratio!r}, not both")
+    v.exclusive({"struct": struct, "ratio": ratio})
     if struct is not None:
-        base, overrides = struct_overrides(name, struct, model)
+        base, overrides = preset_overrides(name, struct, model)
         return structurize(model, base, overrides=overrides, inplace=True)
     if ratio is not None:
         # one forward at the model's own input size checks which layers are safe to replace
@@ -117,20 +126,26 @@ def structurize_model(model: nn.Module, name: str, *, struct: str | None = None,
     return model
 
 
-def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None, struct: str | None = None,
-                 ratio: float | None = None, pretrained: bool = False) -> nn.Module:  # fmt: skip
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    struct: str | None = None,
+    ratio: float | None = None,
+    pretrained: bool = False,
+) -> nn.Module:
     """Build architecture ``name``: dense, or in structured training form.
 
     Args:
         name: a registered architecture (:func:`list_models`: the paper's models) or any
             torchvision / timm model name.
         num_classes, in_chans: classifier size and input channels (model defaults when None).
-        struct: ``"A"`` or ``"B"`` for the paper's Struct-A / Struct-B plan (:mod:`.plans`).
+        struct: ``"A"`` or ``"B"`` for the paper's Struct-A / Struct-B preset (:mod:`.presets`).
         ratio: uniform compression ratio for ``structconv.structurize`` (instead of ``struct``).
         pretrained: load torchvision/timm weights (needs network access; raises ``ValueError``
             with the cause when they cannot be fetched).
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"architecture name {name!r} must be a non-empty string")
+    v.text(name, "arch")
     model = dense_model(name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
     return structurize_model(model, name, struct=struct, ratio=ratio)

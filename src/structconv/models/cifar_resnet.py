@@ -45,6 +45,15 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+def init_weights(model: nn.Module) -> None:
+    """He et al.'s init, in place: Kaiming-normal convs (fan-out) and classifier."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight)
+
+
 class CifarResNet(nn.Module):
     """``depth = 6n + 2``; stages are ``layer1..layer3`` (torchvision naming)."""
 
@@ -66,11 +75,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.kaiming_normal_(m.weight)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -65,7 +65,9 @@ PAPER_ROWS: tuple[PaperRow, ...] = (
     PaperRow("Table 4", "Struct-EffNet", "efficientnet_b1", "A", _EFF, 0.62 * G, 0.45 * G, 4.93 * M, 76.40),
     PaperRow("Table 4", "EfficientNet-B0", "efficientnet_b0", None, (3, 224, 224), 0.39 * G, 0.39 * G, 5.30 * M, 76.10),
     # Table 5: HRNetV2-W18-Small-v2 on Cityscapes (segmentation, mIoU; x10^9 ops, x10^6 params)
-    PaperRow("Table 5", "HRNetV2-W18-Small-v2", "hrnet_w18_small_v2_seg", None, _CITY, 76.8 * G, 77.1 * G, 3.9 * M, 76.1),
+    PaperRow(
+        "Table 5", "HRNetV2-W18-Small-v2", "hrnet_w18_small_v2_seg", None, _CITY, 76.8 * G, 77.1 * G, 3.9 * M, 76.1
+    ),
     PaperRow("Table 5", "Struct-HR-A", "hrnet_w18_small_v2_seg", "A", _CITY, 54.3 * G, 54.0 * G, 1.9 * M, 74.6),
 )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..convert import set_submodule
+
 __all__ = ["torchvision_model", "timm_model", "is_torchvision", "is_timm", "adapt_in_chans", "replace_head"]
 
 
@@ -27,23 +29,27 @@ def _download_error(name: str, source: str, err: Exception) -> ValueError:
     )
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def adapt_in_chans(model: nn.Module, in_chans: int, name: str) -> nn.Module:
     """Replace the first 3-channel conv by an ``in_chans`` one (timm's rule for its weights)."""
     from timm.models import adapt_input_conv
 
     for fqn, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
-            new = nn.Conv2d(in_chans, module.out_channels, module.kernel_size, module.stride, module.padding,
-                            module.dilation, module.groups, module.bias is not None, module.padding_mode)  # fmt: skip
+            new = nn.Conv2d(
+                in_chans,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups,
+                module.bias is not None,
+                module.padding_mode,
+            )
             new.weight.data = adapt_input_conv(in_chans, module.weight.data)
             if module.bias is not None:
                 new.bias.data = module.bias.data.clone()
-            _set_submodule(model, fqn, new)
+            set_submodule(model, fqn, new)
             return model
     raise ValueError(f"{name}: found no 3-channel input convolution to adapt to in_chans={in_chans}")
 
@@ -51,7 +57,7 @@ def adapt_in_chans(model: nn.Module, in_chans: int, name: str) -> nn.Module:
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """A fresh last ``nn.Linear`` with ``num_classes`` outputs (for pretrained weights)."""
     fqn, old = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    _set_submodule(model, fqn, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    set_submodule(model, fqn, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
     return model
 
 
@@ -87,3 +93,13 @@ def timm_model(name: str, num_classes=None, in_chans=None, pretrained: bool = Fa
         if pretrained:
             raise _download_error(name, "timm (Hugging Face Hub)", err) from None
         raise
+
+
+def torchvision_resnet_init(model: nn.Module) -> None:
+    """torchvision's ResNet init, in place: Kaiming-normal convs (fan-out), norms at 1 and 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)

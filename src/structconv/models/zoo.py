@@ -1,16 +1,16 @@
 """The registered architectures: the paper's (Sec. 6, in table order), one call per family.
 
 To add a family, register it here (or from your own code) with its builder, input size and
-plans; nothing else needs to change (docs/architecture.md).
+presets; nothing else needs to change (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from . import plans
-from .cifar_resnet import CifarResNet
+from . import presets
+from .cifar_resnet import CifarResNet, init_weights
 from .hrnet_seg import hrnet_w18_small_v2_seg
 from .registry import register_model
-from .sources import timm_model, torchvision_model
+from .sources import timm_model, torchvision_model, torchvision_resnet_init
 
 
 def _no_pretrained(name: str) -> None:
@@ -36,20 +36,53 @@ def _from(source, name: str):
 
 # Table 1: the CIFAR ResNets of He et al. (option-A shortcuts)
 for _depth in (20, 32, 44, 56, 110):
-    register_model(f"cifar_resnet{_depth}", _cifar_resnet(_depth), input_size=(3, 32, 32), plans=plans.cifar_plans(),
-                   paper=_depth in (20, 32, 56))  # fmt: skip
+    register_model(
+        f"cifar_resnet{_depth}",
+        _cifar_resnet(_depth),
+        input_size=(3, 32, 32),
+        presets=presets.cifar_presets(),
+        paper=_depth in (20, 32, 56),
+        init=init_weights,
+    )
 # Tables 2-4: torchvision's ImageNet models (EfficientNet-B1 is evaluated at 240 px)
-register_model("resnet18", _from(torchvision_model, "resnet18"), plans=plans.resnet_basic_plans(), paper=True)
-register_model("resnet34", _from(torchvision_model, "resnet34"), plans=plans.resnet_basic_plans(), paper=True)
-register_model("resnet50", _from(torchvision_model, "resnet50"), plans=plans.resnet50_plans(), paper=True)
-register_model("mobilenet_v2", _from(torchvision_model, "mobilenet_v2"), plans=plans.mobilenet_v2_plans(), paper=True)
-register_model("efficientnet_b1", _from(torchvision_model, "efficientnet_b1"), input_size=(3, 240, 240),
-               plans=plans.efficientnet_plans(), paper=True)  # fmt: skip
+register_model(
+    "resnet18",
+    _from(torchvision_model, "resnet18"),
+    presets=presets.resnet_basic_presets(),
+    paper=True,
+    init=torchvision_resnet_init,
+)
+register_model(
+    "resnet34",
+    _from(torchvision_model, "resnet34"),
+    presets=presets.resnet_basic_presets(),
+    paper=True,
+    init=torchvision_resnet_init,
+)
+register_model(
+    "resnet50",
+    _from(torchvision_model, "resnet50"),
+    presets=presets.resnet50_presets(),
+    paper=True,
+    init=torchvision_resnet_init,
+)
+register_model(
+    "mobilenet_v2", _from(torchvision_model, "mobilenet_v2"), presets=presets.mobilenet_v2_presets(), paper=True
+)
+register_model(
+    "efficientnet_b1",
+    _from(torchvision_model, "efficientnet_b1"),
+    input_size=(3, 240, 240),
+    presets=presets.efficientnet_presets(),
+    paper=True,
+)
 # Table 5: HRNet (timm's classification backbone, and the segmentation network the table counts)
-register_model("hrnet_w18_small_v2", _from(timm_model, "hrnet_w18_small_v2"), plans=plans.hrnet_plans(), paper=True)
+register_model(
+    "hrnet_w18_small_v2", _from(timm_model, "hrnet_w18_small_v2"), presets=presets.hrnet_presets(), paper=True
+)
 
 
-@register_model("hrnet_w18_small_v2_seg", input_size=(3, 1024, 2048), plans=plans.hrnet_plans(), paper=True)
+@register_model("hrnet_w18_small_v2_seg", input_size=(3, 1024, 2048), presets=presets.hrnet_presets(), paper=True)
 def _hrnet_seg(num_classes=None, in_chans=None, pretrained: bool = False):
     if pretrained:
         _no_pretrained("hrnet_w18_small_v2_seg")

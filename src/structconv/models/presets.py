@@ -1,15 +1,15 @@
-"""Struct-A / Struct-B plans of Sec. 6: per-layer strategies and the rule of each family.
+"""Struct-A / Struct-B presets of Sec. 6: per-layer strategies and the rule of each family.
 
 The paper's supplementary material with the exact per-layer ``(c, n)`` is not available.  These
-rules were derived by ``benchmarks/derive_plans.py`` and are documented, with every gap to the
-paper's tables and its reason, in ``docs/plans.md``.  Notation: a layer has ``C`` input
+rules were derived by ``benchmarks/derive_presets.py`` and are documented, with every gap to the
+paper's tables and its reason, in ``docs/presets.md``.  Notation: a layer has ``C`` input
 channels per group and an ``N x N`` kernel; ``(c, n)`` is its structure (ratio ``C N^2 / c n^2``);
 ``None`` leaves a layer dense.  The paper's text says "A = 2x for every layer, B = stages 1-2
-at 2x and 3-4 at 4x"; the numbers need something slightly different (docs/plans.md).
+at 2x and 3-4 at 4x"; the numbers need something slightly different (docs/presets.md).
 
-:func:`struct_overrides` walks the model and returns one override per convertible layer, so
-``structurize(model, *struct_overrides(name, struct, model))`` applies the plan exactly.  Each
-family's rules are attached to its name by ``register_model(..., plans=...)`` in :mod:`.zoo`.
+:func:`preset_overrides` walks the model and returns one override per convertible layer, so
+``structurize(model, *preset_overrides(name, struct, model))`` applies the preset exactly.  Each
+family's rules are attached to its name by ``register_model(..., presets=...)`` in :mod:`.zoo`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,27 @@ from torch import nn
 from ..convert import StructureSpec
 from .registry import get_entry, registered_models
 
-__all__ = ["has_plan", "struct_overrides", "plan_for", "cifar_plans", "resnet_basic_plans", "resnet50_plans",
-           "mobilenet_v2_plans", "efficientnet_plans", "hrnet_plans", "chan", "spatial", "c2n", "cn_exact"]  # fmt: skip
+__all__ = [
+    "has_preset",
+    "preset_overrides",
+    "preset_specs",
+    "cifar_presets",
+    "resnet_basic_presets",
+    "resnet50_presets",
+    "mobilenet_v2_presets",
+    "efficientnet_presets",
+    "hrnet_presets",
+    "chan",
+    "spatial",
+    "c2n",
+    "cn_exact",
+]
 
 Spec = StructureSpec | None
 Rule = Callable[[str, nn.Module], Spec]
 
 
-# ---- per-layer strategies (docs/plans.md, "Strategies") -------------------------------------
+# ---- per-layer strategies (docs/presets.md, "Strategies") -------------------------------------
 def _chan(m: nn.Module) -> int:
     return m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups
 
@@ -44,7 +57,11 @@ def _spec(m: nn.Module, c: int, n=None) -> Spec:
     c = max(1, min(C, int(c)))
     if isinstance(m, nn.Linear):
         return None if c >= C else StructureSpec(c, ())
-    n = _k(m) if n is None else tuple(max(1, min(k, v)) for k, v in zip(_k(m), (n,) * len(_k(m)) if isinstance(n, int) else n))
+    n = (
+        _k(m)
+        if n is None
+        else tuple(max(1, min(k, v)) for k, v in zip(_k(m), (n,) * len(_k(m)) if isinstance(n, int) else n))
+    )
     if c * math.prod(n) >= C * math.prod(_k(m)):
         return None
     return StructureSpec(c, n)
@@ -176,48 +193,48 @@ def _hrnet(struct: str) -> Rule:
     return rule
 
 
-def cifar_plans() -> dict[str, Rule]:
+def cifar_presets() -> dict[str, Rule]:
     return {s: _cifar(s) for s in "AB"}
 
 
-def resnet_basic_plans() -> dict[str, Rule]:
+def resnet_basic_presets() -> dict[str, Rule]:
     return {s: _resnet_basic(s) for s in "AB"}
 
 
-def resnet50_plans() -> dict[str, Rule]:
+def resnet50_presets() -> dict[str, Rule]:
     return {s: _resnet50(s) for s in "AB"}
 
 
-def mobilenet_v2_plans() -> dict[str, Rule]:
+def mobilenet_v2_presets() -> dict[str, Rule]:
     return {s: _mobilenet_v2(s) for s in "AB"}
 
 
-def efficientnet_plans() -> dict[str, Rule]:  # the paper's Struct-EffNet, stored as "A"
+def efficientnet_presets() -> dict[str, Rule]:  # the paper's Struct-EffNet, stored as "A"
     return {"A": _efficientnet("A")}
 
 
-def hrnet_plans() -> dict[str, Rule]:  # the paper's Struct-HR-A
+def hrnet_presets() -> dict[str, Rule]:  # the paper's Struct-HR-A
     return {"A": _hrnet("A")}
 
 
-def has_plan(name: str, struct: str) -> bool:
+def has_preset(name: str, struct: str) -> bool:
     entry = get_entry(name)
-    return entry is not None and str(struct).upper() in entry.plans
+    return entry is not None and str(struct).upper() in entry.presets
 
 
 def _rule(name: str, struct: str) -> Rule:
     s = str(struct).upper()
     entry = get_entry(name)
-    if entry is None or s not in entry.plans:
-        known = sorted(f"{n}/{v}" for n in registered_models() for v in get_entry(n).plans)
+    if entry is None or s not in entry.presets:
+        known = sorted(f"{n}/{v}" for n in registered_models() for v in get_entry(n).presets)
         raise ValueError(
-            f"no Struct-{s} plan for {name!r} (plans exist for: {', '.join(known)}); "
-            "use a uniform ratio instead (--ratio R / create_model(..., ratio=R))"
+            f"no Struct-{s} preset for {name!r} (presets exist for: {', '.join(known)}); "
+            "use a uniform ratio instead (create_model(..., ratio=R))"
         )
-    return entry.plans[s]
+    return entry.presets[s]
 
 
-def struct_overrides(name: str, struct: str, model: nn.Module) -> tuple[float, dict[str, Spec]]:
+def preset_overrides(name: str, struct: str, model: nn.Module) -> tuple[float, dict[str, Spec]]:
     """``(ratio, overrides)`` for ``structurize``: one explicit entry (spec or None) per layer of ``model``."""
     rule = _rule(name, struct)
     overrides: dict[str, Spec] = {}
@@ -227,6 +244,6 @@ def struct_overrides(name: str, struct: str, model: nn.Module) -> tuple[float, d
     return 2.0, overrides
 
 
-def plan_for(name: str, struct: str, model: nn.Module) -> dict[str, Spec]:
-    """``{layer: StructureSpec or None}`` of the Struct-``struct`` plan of ``model`` (architecture ``name``)."""
-    return struct_overrides(name, struct, model)[1]
+def preset_specs(name: str, struct: str, model: nn.Module) -> dict[str, Spec]:
+    """``{layer: StructureSpec or None}`` of the Struct-``struct`` preset of ``model`` (architecture ``name``)."""
+    return preset_overrides(name, struct, model)[1]

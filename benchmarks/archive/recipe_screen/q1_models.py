@@ -3,11 +3,11 @@ steps), resnet18 and mobilenet_v2 (300 steps = 0.64 epoch; in_chans 1, 10 classe
 every layer including the head).  Seeds from $SEEDS (default 0,1,2).
 
     SEEDS=0,1,2 OMP_NUM_THREADS=1 nice -n 5 \
-        python benchmarks/recipe_screen/q1_models.py ARCH [config names...]
+        python benchmarks/archive/recipe_screen/q1_models.py ARCH [config names...]
 """
 import os
 import sys
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
 from common import run_cached
 
 STEPS = {"small_cnn": 468, "resnet18": 300, "mobilenet_v2": 300, "cifar_resnet20": 468}

@@ -2,14 +2,14 @@
 projection P W0 (what SR's decomposition would start from), and what the library's direct-training
 init (structconv.train.to_direct) composes to.
 
-    python benchmarks/recipe_screen/q3_init_norms.py
+    python benchmarks/archive/recipe_screen/q3_init_norms.py
 """
-import sys
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
 import torch
-from common import build, structured_layers, RESULTS, save_json
-from structconv.training import to_direct
+from common import RESULTS, build, save_json, structured_layers
+
 from structconv.layers import DecomposedLayer, deorthonormalize_
+from structconv.training import to_direct
 
 m = build("cifar_resnet20", 0)
 torch.manual_seed(0)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from structconv.layers import StructuredLayer
+
 
 class _Stop(Exception):
     pass
@@ -48,10 +50,13 @@ def _capture(model: nn.Module, layer: nn.Module, xb: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
+def structured_layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, StructuredLayer)]
+
+
 def data_aware_project_(model: nn.Module, dense: nn.Module, x: torch.Tensor, n_images: int = 2048, bs: int = 256,
                         ridge: float = 1e-3, seed: int = 0) -> dict:
     """Replace every structured layer's weight (groups == 1) by the output-matching structured weight."""
-    from common import structured_layers
 
     model.eval()
     dense.eval()

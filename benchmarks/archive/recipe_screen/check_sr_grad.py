@@ -1,7 +1,8 @@
 """Check: the closed-form Eq. 3 gradient of common.sr_grad_ equals autograd of sc.structural_regularization."""
-import sys, torch
-sys.path.insert(0, "experiments")
+
+import torch
 from common import *
+
 torch.manual_seed(0)
 for arch in ["small_cnn", "cifar_resnet20", "mobilenet_v2"]:
     m = build(arch, 0)

@@ -1,14 +1,13 @@
 """Q2 diagnostic: accuracy right after the data-aware projection of the seed-0 dense small CNN (before /
 after BN re-calibration) and the resulting weight norms, for a few calibration sizes and ridges.
 
-    python benchmarks/recipe_screen/q2_data_projection_diag.py
+    python benchmarks/archive/recipe_screen/q2_data_projection_diag.py
 """
-import sys
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
 import torch
-from torch import nn
 from common import RESULTS, accuracy, build, fmnist, recalibrate_bn, save_json, structured_layers
 from data_projection import data_aware_project_
+from torch import nn
 
 x, y, xt, yt = fmnist()
 path = RESULTS / "q2_dense" / "models" / "small_cnn_dense_s0.pt"

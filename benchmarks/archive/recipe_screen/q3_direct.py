@@ -1,11 +1,11 @@
 """Q3: direct training (Sec. 6.4) vs SR on cifar_resnet20 Struct-A, 1 epoch (468 steps), Fashion-MNIST.
 
     SEEDS=0,1,2 OMP_NUM_THREADS=1 nice -n 5 \
-        python benchmarks/recipe_screen/q3_direct.py [config names...]
+        python benchmarks/archive/recipe_screen/q3_direct.py [config names...]
 """
 import os
 import sys
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
 from common import run_cached
 
 BASE = dict(arch="cifar_resnet20", steps=468)

@@ -1,6 +1,6 @@
 """Tables (mean ± std over seeds) from results/<group>/*.json.
 
-    python benchmarks/recipe_screen/summarize.py GROUP [--csv out.csv]
+    python benchmarks/archive/recipe_screen/summarize.py GROUP [--csv out.csv]
 """
 import csv
 import json

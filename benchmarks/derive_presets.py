@@ -20,7 +20,7 @@ them with the package itself; it re-implements no model and no counting:
    family/version, that the per-layer sums equal ``count_ops`` of the whole structurized +
    decomposed model (built anew on CPU, real tensors; both pooled maps, BN counted);
 4. enumerates a grid of *plan rules* (stage -> target ratio R, layer role -> strategy; the
-   strategies are ``structconv.models.plans``' ``chan``, ``spatial``, ``cn_exact``,
+   strategies are ``structconv.models.presets``' ``chan``, ``spatial``, ``cn_exact``,
    ``c2n``) and *counting conventions*, ranks the rules by the worst relative error over
    (adds, mults, params), and prints per model/version the best rule, our numbers vs the
    paper and the relative gap.
@@ -36,10 +36,10 @@ Counting conventions (``--convention``; index into ``CONVENTIONS``):
     BN          the BatchNorm right after a decomposed conv counted, or folded into it
                 (dropped: no adds, mults or params).
 No weights are downloaded.
-Run: ``python benchmarks/derive_plans.py [--top K] [--convention I] [--verbose] [--check [N]]``.
+Run: ``python benchmarks/derive_presets.py [--top K] [--convention I] [--verbose] [--check [N]]``.
 
 Strategies for a k x k conv with C input channels per group and target ratio R
-(ratio = C*N1*N2 / (c*n1*n2)), from ``structconv.models.plans``:
+(ratio = C*N1*N2 / (c*n1*n2)), from ``structconv.models.presets``:
     dense  no decomposition
     c      chan(m, R):     n = N,   c = round(C / R)               (channel-only)
     n      spatial(m):     c = C,   n = N - 1                      (3x3 -> 2x2 is 2.25x)
@@ -62,7 +62,7 @@ from torch import nn
 import structconv as sc
 from structconv.models import create_model, default_input_size
 from structconv.models.paper import paper_row
-from structconv.models.plans import c2n, chan, cn_exact, spatial
+from structconv.models.presets import c2n, chan, cn_exact, spatial
 
 # (pooled_map of count_ops, BN after a decomposed conv folded?)
 CONVENTIONS = [("paper", False), ("paper", True), ("executed", False), ("executed", True)]

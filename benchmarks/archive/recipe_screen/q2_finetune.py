@@ -5,11 +5,11 @@ saved under results/q2_dense/models/.  Each fine-tuning config runs at budgets o
 dense steps (BUDGETS) for the seeds in $SEEDS (default 0,1,2).
 
     SEEDS=0,1,2 OMP_NUM_THREADS=1 nice -n 5 \
-        python benchmarks/recipe_screen/q2_finetune.py ARCH [config names...]
+        python benchmarks/archive/recipe_screen/q2_finetune.py ARCH [config names...]
 """
 import os
 import sys
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
 from common import RESULTS, run_cached
 
 DENSE_STEPS = {"small_cnn": 936, "cifar_resnet20": 936, "resnet18": 936}

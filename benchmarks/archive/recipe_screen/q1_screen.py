@@ -1,10 +1,10 @@
 """Q1 screen on the small CNN (1 epoch = 468 steps, seed 0 unless given): which recipe makes every
 layer reach structure error <= 1e-3 at the end of Step 1.
 
-    python benchmarks/recipe_screen/q1_screen.py [names...]
+    python benchmarks/archive/recipe_screen/q1_screen.py [names...]
 """
 import sys
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
 from common import run_cached
 
 BASE = dict(arch="small_cnn", steps=468)

@@ -2,17 +2,27 @@
 sc.structural_regularization, the library's trainer).  Interleaved rounds (A B C ... A B C ...), the
 median of per-round ratios to plain SR.  1 thread, batch 128, 28x28 Fashion-MNIST batches.
 
-    python benchmarks/recipe_screen/timing.py ARCH [ROUNDS] [STEPS]
+    python benchmarks/archive/recipe_screen/timing.py ARCH [ROUNDS] [STEPS]
 """
 import statistics
 import sys
 import time
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
 import torch
 import torch.nn.functional as F
+from common import (
+    RESULTS,
+    Loader,
+    ProjectedPhase,
+    build,
+    fmnist,
+    make_optimizer,
+    save_json,
+    sr_grad_,
+    structured_layers,
+)
+
 import structconv as sc
-from common import (RESULTS, Loader, ProjectedPhase, build, fmnist, make_optimizer, save_json, sr_grad_,
-                    structured_layers)
 
 
 def make(arch, recipe):

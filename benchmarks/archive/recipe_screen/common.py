@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import structconv as sc
-from structconv.layers import StructuredLayer, StructuredLinear
 
 torch.set_num_threads(1)
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -117,8 +116,7 @@ def build(arch: str, seed: int, structured=True) -> nn.Module:
     return m.to(memory_format=torch.channels_last)
 
 
-def structured_layers(model):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, StructuredLayer)]
+from data_projection import structured_layers  # noqa: E402 - defined beside its main user
 
 
 def layer_type(name: str, m: nn.Module, first: str) -> str:
@@ -310,8 +308,8 @@ def run(cfg: dict, verbose=True) -> dict:
         teacher.load_state_dict(torch.load(cfg["teacher"]))
         teacher.eval()
     if cfg["direct"]:
-        from structconv.training import to_direct
         from structconv.layers import orthonormalize_
+        from structconv.training import to_direct
         if cfg["direct_init"] == "library":
             torch.manual_seed(seed)
             model = to_direct(model)
