@@ -352,3 +352,11 @@ def test_more_bad_inputs_found_by_trying(tmp_path, runs, capsys):
     assert not any((tmp_path / d).exists() for d in ("v", "c", "w", "s"))
     with pytest.raises(ValueError, match="pad=.* must have 2 entries per spatial axis"):
         sc.sum_pool(torch.randn(1, 4, 6, 6), 2, (3, 3), pad=(1,))
+
+
+@pytest.mark.parametrize("command", sorted(__import__("structconv.cli", fromlist=["COMMANDS"]).COMMANDS))
+def test_every_command_prints_its_help(command, capsys):
+    # argparse %-formats help strings: a literal "%" in a recipe summary once broke `train --help`
+    assert cli([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"usage: structconv {command}" in out and "--" in out

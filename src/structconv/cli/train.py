@@ -12,7 +12,7 @@ __all__ = ["get_args_parser", "main"]
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from ..training import get_recipe, recipe_names
 
-    modes = "; ".join(f"{name}: {get_recipe(name).summary}" for name in recipe_names())
+    modes = "; ".join(f"{name}: {get_recipe(name).summary}" for name in recipe_names()).replace("%", "%%")
     p = argparse.ArgumentParser(description="Train baseline / structured models (Sec. 5.1)", add_help=add_help)
     p.add_argument("--arch", default="cifar_resnet20", help="model name (structconv, torchvision or timm)")
     p.add_argument("--mode", default="sr", choices=recipe_names(), help=f"training recipe ({modes})")
