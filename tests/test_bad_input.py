@@ -360,3 +360,59 @@ def test_every_command_prints_its_help(command, capsys):
     assert cli([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert f"usage: structconv {command}" in out and "--" in out
+
+
+def _typed_arguments(kinds):
+    """``(command, flag or None for a positional, type)`` for every argument whose type is one of ``kinds``."""
+    import structconv.cli as cli_pkg
+
+    found = []
+    for command in sorted(cli_pkg.COMMANDS):
+        parser = cli_pkg._command_parser(cli_pkg.build_parser(command), command)  # noqa: SLF001
+        for action in parser._actions:  # noqa: SLF001
+            if getattr(action.type, "__name__", None) in kinds:
+                found.append((command, action.option_strings[0] if action.option_strings else None, action.type))
+    return found
+
+
+PATH_ARGUMENTS = _typed_arguments({"path_arg"})
+LIST_ARGUMENTS = _typed_arguments({"int_list", "step_list", "name_list", "float_list"})
+
+
+def test_the_rules_cover_arguments_of_every_command():
+    assert {c for c, _, _ in PATH_ARGUMENTS} >= {"train", "compare", "bench", "eval", "export", "decompose"}
+    assert len(LIST_ARGUMENTS) >= 4
+
+
+def _ids(arguments):
+    return [f"{command} {flag or '<positional>'}" for command, flag, _ in arguments]
+
+
+@pytest.mark.parametrize(("command", "flag", "_"), PATH_ARGUMENTS, ids=_ids(PATH_ARGUMENTS))
+def test_an_empty_path_is_refused_for_every_path_argument(command, flag, _, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an accepted "" would write here
+    argv = [command, flag, ""] if flag else [command, ""]
+    err = one_line_error(capsys, argv, flag or "empty")
+    assert "empty" in err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("command", "flag", "kind"), LIST_ARGUMENTS, ids=_ids(LIST_ARGUMENTS))
+def test_a_list_with_an_empty_item_is_refused_for_every_list_argument(command, flag, kind, capsys):
+    item = "fp32" if kind.__name__ == "name_list" else "1"
+    one_line_error(capsys, [command, flag, f"{item},,{item}"], flag)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: sc.training.TrainConfig(output_dir=""),
+        lambda: sc.training.TrainConfig(data_path=""),
+        lambda: sc.training.TrainConfig(eval_at=(0, None)),
+    ],
+)
+def test_library_configs_name_the_python_argument(build):
+    with pytest.raises(ValueError) as info:
+        build().validate()
+    message = str(info.value)
+    assert "--" not in message and any(n in message for n in ("output_dir", "data_path", "eval_at"))
