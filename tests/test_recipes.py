@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from structconv.serialization import read_checkpoint
-from structconv.training import Recipe, TrainConfig, format_report, recipe_names, register_recipe, train, unregister_recipe
+from structconv.training import (
+    Recipe,
+    TrainConfig,
+    format_report,
+    recipe_names,
+    register_recipe,
+    train,
+    unregister_recipe,
+)
 
 from ._synthetic import make_fashion_mnist
 

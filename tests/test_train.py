@@ -71,7 +71,7 @@ def test_finetune_from_a_dense_checkpoint(tmp_path, fmnist, capsys):
     ckpt = tmp_path / "base" / "model.pth"
     # without the projected finish, so the weights show where fine-tuning started
     assert train(tmp_path / "ft", fmnist, "--mode", "finetune", "--init-from", str(ckpt), "--max-steps", "2",
-                 "--projected-fraction", "0") == 0  # fmt: skip
+                 "--projected-fraction", "0", "--calibration-batches", "0") == 0  # fmt: skip
     dense_w = read_checkpoint(ckpt)["state_dict"]["layer1.0.conv1.weight"]
     assert results(tmp_path / "ft")["steps"] == 2
     # fine-tuning started from the dense weights: one conv barely moved in 2 steps
@@ -134,3 +134,21 @@ def test_default_recipe_ends_structured_and_paper_recipe_is_kept(tmp_path, fmnis
     paper = results(tmp_path / "paper")
     assert paper["structure_error_max"] > 1e-2  # 8 steps of Eq. 3 do not converge
     assert paper["args"]["sr"] == "eq3" and new["args"]["sr"] == "normalized"
+
+
+def test_finetune_calibrates_by_default_and_records_it(tmp_path, fmnist, capsys):
+    assert train(tmp_path / "base", fmnist, "--mode", "baseline", "--max-steps", "2") == 0
+    ckpt = str(tmp_path / "base" / "model.pth")
+    assert train(tmp_path / "ft", fmnist, "--mode", "finetune", "--init-from", ckpt, "--max-steps", "1") == 0
+    report = results(tmp_path / "ft")["calibration"]
+    assert report["batches_fit"] + report["batches_held_out"] == 4  # the 128 images in batches of 32
+    layers = report["layers"]
+    assert len(layers) == 20 and all(row["error_calibrated"] <= row["error_projection"] for row in layers)
+    assert results(tmp_path / "ft")["accuracy_after_decomposition"] is not None
+    for argv, culprit in [
+        (["--mode", "sr", "--calibration-batches", "4"], "--calibration-batches"),
+        (["--mode", "finetune", "--init-from", ckpt, "--calibration-batches", "1"], "--calibration-batches=1"),
+    ]:
+        capsys.readouterr()
+        assert train(tmp_path / "bad", fmnist, *argv) == 2
+        assert culprit in capsys.readouterr().err

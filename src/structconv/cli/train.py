@@ -44,6 +44,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--init-from", type=path_arg, help="dense checkpoint to fine-tune (mode finetune)")
     p.add_argument(
+        "--calibration-batches",
+        type=nonnegative_int,
+        default=None,
+        help="mode finetune: training batches for the data-aware projection (structconv.calibrate_, default 8; "
+        "0: the weight-space projection A A^+ W)",
+    )
+    p.add_argument(
         "--direct-init",
         choices=("own", "default"),
         default="default",

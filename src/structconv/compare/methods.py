@@ -7,7 +7,8 @@ Built in (in study order; ``dense`` first, the others start from it or match its
 * ``dense``: the baseline, trained once per seed; the trained model every from-trained method
   starts from (and distills from).
 * ``struct_sr`` (Step 1 with Structural Regularization, from scratch), ``struct_ft`` (the
-  same preset fine-tuned from the trained dense model), ``struct_direct`` (the decomposed form
+  same preset calibrated to the trained dense model and fine-tuned; ``struct_ft_plain`` with
+  the weight-space projection instead, selected by name), ``struct_direct`` (the decomposed form
   trained from scratch, Sec. 6.4), each at the paper's Struct-A / Struct-B presets;
 * ``prune`` (channel pruning with Torch-Pruning), ``svd_weight`` / ``svd_spatial`` (low-rank
   factorization), from the trained dense model, brought to the multiplications of the
@@ -17,6 +18,7 @@ Built in (in study order; ``dense`` first, the others start from it or match its
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -192,6 +194,17 @@ class StructFinetune(_Struct):
         )
 
 
+class StructFinetunePlain(StructFinetune):
+    """``struct_ft`` with the weight-space projection ``A A^+ W`` instead of the data-aware one
+    (the row that shows what calibration is worth; selected by name, not by ``struct``)."""
+
+    name, label, marker, color = "struct_ft_plain", "Struct, fine-tuned, weight-space projection", "v", "tab:olive"
+    group = None
+
+    def train_config(self, study, run):
+        return dataclasses.replace(super().train_config(study, run), calibration_batches=0)
+
+
 class StructDirect(_Struct):
     name, label, marker, color = "struct_direct", "Struct, direct (Sec. 6.4)", "D", "tab:purple"
 
@@ -261,5 +274,15 @@ class Narrow(_NeedsTorchPruning):
         return narrow_to_mults(study.fresh_dense, study.example(), study.target_mults(run.target), init_fn=init)
 
 
-for _method in (Dense, StructSR, StructFinetune, StructDirect, Prune, WeightSVD, SpatialSVD, Narrow):
+for _method in (
+    Dense,
+    StructSR,
+    StructFinetune,
+    StructFinetunePlain,
+    StructDirect,
+    Prune,
+    WeightSVD,
+    SpatialSVD,
+    Narrow,
+):
     register_method(_method())

@@ -68,6 +68,8 @@ class TrainConfig:
     kappa_ramp: float = v.option(0.5, v.Number(low=0.0, high=1.0))
     projected_fraction: float | None = v.option(None, v.Number(low=0.0, high=1.0, optional=True))
     init_from: str | None = v.option(None, v.PathArg(optional=True))
+    # finetune: training batches for the data-aware projection (structconv.calibrate_); 0: weight-space projection
+    calibration_batches: int | None = v.option(None, v.Integer(low=0, optional=True))
     direct_init: str = v.option("default", v.Choice(("own", "default")))
     pretrained: bool = False
     # data
@@ -128,6 +130,10 @@ class TrainConfig:
         return self.recipe.resolve(self, "distill")
 
     @property
+    def effective_calibration_batches(self) -> int:
+        return int(self.recipe.resolve(self, "calibration_batches"))
+
+    @property
     def effective_struct(self) -> str | None:
         """The Struct preset of a structured run (A unless a uniform ratio is given)."""
         if not self.recipe.structured:
@@ -157,7 +163,7 @@ class TrainConfig:
     def meaning(self) -> dict:
         """The options that change what the run computes (compared on resume)."""
         d = asdict(self)
-        for key in ("lam", "projected_fraction", "distill"):
+        for key in ("lam", "projected_fraction", "distill", "calibration_batches"):
             d[key] = self.recipe.resolve(self, key)
         if self.init_from:  # the same file, named relative to the working directory or not
             d["init_from"] = str(Path(self.init_from).expanduser().resolve())

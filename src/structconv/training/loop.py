@@ -111,6 +111,7 @@ class Run:
     teacher: nn.Module | None = None
     say: object = print
     extra: dict = field(default_factory=dict)  # what recipes add to results.json (e.g. a calibration report)
+    train_data: object = None  # the training dataset (what a recipe calibrates on)
 
     @property
     def is_main(self) -> bool:
@@ -452,6 +453,7 @@ def _train(config: TrainConfig, recipe: Recipe, ctx, model: nn.Module | None, te
         state={"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_seconds": 0.0},
         teacher=teacher,
         say=say,
+        train_data=train_ds,
     )
     if ckpt is not None:
         _restore(run, ckpt)

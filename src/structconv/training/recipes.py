@@ -36,6 +36,24 @@ from ..regularizer import (
 )
 from ..serialization import load_dense_weights
 
+
+def calibrate_from_dense(run: "Run", dense: nn.Module, batches: int) -> dict:
+    """:func:`structconv.calibrate_` of ``run.model`` to ``dense`` on ``batches`` training
+    batches (seeded by the run's seed); prints the summary and returns the report as a dict."""
+    from torch.utils.data import DataLoader
+
+    from ..calibration import calibrate_
+
+    generator = torch.Generator().manual_seed(run.config.seed)
+    loader = DataLoader(run.train_data, batch_size=run.config.batch_size, shuffle=True, generator=generator)
+    report = calibrate_(run.model, dense, loader, max_batches=batches, device=run.ctx.device)
+    run.say(
+        f"calibrated {len(report.layers)} layers on {batches} batches: mean output error "
+        f"{report.mean_error_projection:.3f} (weight-space projection) -> {report.mean_error_calibrated:.3f}"
+    )
+    return report.to_dict()
+
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig
     from .loop import Run
@@ -113,7 +131,7 @@ class Recipe:
     structured: ClassVar[bool] = False
     uses_lambda: ClassVar[bool] = False
     teacher_from_init: ClassVar[bool] = False
-    defaults: ClassVar[dict] = {"projected_fraction": 0.0, "distill": 0.0}
+    defaults: ClassVar[dict] = {"projected_fraction": 0.0, "distill": 0.0, "calibration_batches": 0}
 
     def __init__(self, config: "TrainConfig") -> None:
         self.config = config
@@ -125,7 +143,8 @@ class Recipe:
         if key == "lam":
             return float(config.lam)
         value = getattr(config, key)
-        return float(cls.defaults[key]) if value is None else float(value)
+        value = cls.defaults[key] if value is None else value
+        return int(value) if key == "calibration_batches" else float(value)
 
     @classmethod
     def validate(cls, config: "TrainConfig") -> None:
@@ -134,6 +153,12 @@ class Recipe:
             raise v.ArgumentError("{mode}={value} trains the dense model; drop {struct}/{ratio}", value=repr(cls.name))
         if config.init_from and not cls.teacher_from_init:
             raise v.ArgumentError("{init_from} is not used by {mode}={value}", value=repr(cls.name))
+        if config.calibration_batches and not cls.teacher_from_init:
+            raise v.ArgumentError(
+                "{calibration_batches} calibrates a trained model; {mode}={value} has none", value=repr(cls.name)
+            )
+        if config.calibration_batches == 1:
+            raise v.ArgumentError("{calibration_batches}=1: calibration needs at least 2 batches (one is held out)")
 
     def describe(self, run: "Run") -> str:
         """What the start-of-run line adds after the mode (e.g. the regularizer's settings)."""
@@ -289,7 +314,9 @@ class Finetune(StructuralRecipe):
     teacher_from_init = True
     # Fine-tuning a trained model projects at once and trains projected (its weights start far
     # from the structure, and SR cannot pull them there in a short budget); distills from it.
-    defaults = {**Recipe.defaults, "projected_fraction": 1.0, "distill": 0.9}
+    # The projection is data-aware by default: the weight-space one starts the fine-tune at
+    # chance accuracy (BENCHMARKS.md, "Calibration").
+    defaults = {**Recipe.defaults, "projected_fraction": 1.0, "distill": 0.9, "calibration_batches": 8}
 
     @classmethod
     def validate(cls, config) -> None:
@@ -312,3 +339,14 @@ class Finetune(StructuralRecipe):
 
     def build_teacher(self, info) -> nn.Module | None:
         return self._dense(info) if self.config.effective_distill > 0 else None
+
+    def describe(self, run: "Run") -> str:
+        batches = self.config.effective_calibration_batches
+        calibration = f", calibrated on {batches} batches" if batches else ", weight-space projection"
+        return super().describe(run) + calibration
+
+    def start(self, run: "Run") -> None:
+        super().start(run)
+        batches = self.config.effective_calibration_batches
+        if batches and run.train_data is not None:
+            run.extra["calibration"] = calibrate_from_dense(run, self._dense(run.info).to(run.ctx.device), batches)
