@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .basis import CompositeBasis, StructuredBasis
+from .calibration import CalibrationReport, calibrate_
 from .complexity import OpsReport, count_ops
 from .convert import (
     DEFAULT_TOLERANCE,
@@ -51,6 +52,8 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
 __all__ = [
+    "CalibrationReport",
+    "calibrate_",
     "CompositeBasis",
     "StructuredBasis",
     "OpsReport",
