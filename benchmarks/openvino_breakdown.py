@@ -24,58 +24,10 @@ import torch
 import structconv as sc
 from structconv._io import atomic_write_json
 from structconv.benchmark import build_models
-from structconv.convert import set_submodule
 from structconv.deploy import fold_batchnorm
+from structconv.layers import set_sum_pool_backends
 from structconv.export import export_model
 from structconv.models import default_input_size
-
-
-class ChannelPoolAsConv(torch.nn.Module):
-    """A SumPool whose channel window runs as a 1x1 convolution with a binary band of ones
-    (the same function): a candidate lowering that keeps OpenVINO in its convolution layout."""
-
-    def __init__(self, pool: sc.SumPool, channels: int) -> None:
-        super().__init__()
-        g, window = pool.groups, pool.channel_window
-        per_group = channels // g
-        out = per_group - window + 1
-        nd = len(pool.window)
-        weight = torch.zeros(g * out, per_group, *[1] * nd)
-        for o in range(out):
-            weight[o::out][:, o : o + window] = 1.0
-        self.channel = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)[nd - 1](
-            channels, g * out, 1, groups=g, bias=False
-        )
-        self.channel.weight.data.copy_(weight)
-        self.spatial = sc.SumPool(
-            1,
-            pool.window,
-            groups=g,
-            dilation=pool.dilation,
-            stride=pool.stride,
-            pad=pool.pad,
-            padding_mode=pool.padding_mode,
-        )
-
-    def forward(self, x):
-        return self.spatial(self.channel(x))
-
-
-def lower_channel_pools_as_conv(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
-    channels = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, a: channels.setdefault(mod, a[0].shape[1]) and None)
-        for m in model.modules()
-        if isinstance(m, sc.SumPool)
-    ]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    for name, m in list(model.named_modules()):
-        if isinstance(m, sc.SumPool) and m.channel_window > 1:
-            set_submodule(model, name, ChannelPoolAsConv(m, channels[m]))
-    return model
 
 
 def compile_model(core, model, x, threads, precision, workdir: Path, name: str):
@@ -122,9 +74,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precisions", default="f32,bf16")
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument(
-        "--channel-methods", default="matmul,conv1x1", help="structconv.pooling.BACKENDS['channel'] names, or conv1x1"
-    )
+    p.add_argument("--channel-methods", default="matmul,conv", help="structconv.pooling.BACKENDS['channel'] names")
     p.add_argument("--json", default=None)
     p.add_argument("--workdir", default="runs/openvino_breakdown", help="where the ONNX files go")
     args = p.parse_args()
@@ -134,11 +84,7 @@ def main() -> None:
     models = {"dense": fold_batchnorm(dense.eval())}
     for method in args.channel_methods.split(","):  # how the channel sum-pool is lowered
         decomposed = fold_batchnorm(sc.decompose(structured.eval()))
-        if method == "conv1x1":
-            lower_channel_pools_as_conv(decomposed, x)
-        for m in decomposed.modules():
-            if isinstance(m, sc.SumPool) and method != "conv1x1":
-                m.channel_method = method
+        set_sum_pool_backends(decomposed, channel=method)
         models[f"decomposed_{method}"] = decomposed
     core = ov.Core()
     result = {

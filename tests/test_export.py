@@ -161,3 +161,26 @@ def test_exporter_diagnostics_do_not_reach_stdout(capfd):
     out, err = capfd.readouterr()
     assert "Torch IR graph" in err and "Torch IR graph" not in out
     assert out == "after\n"
+
+
+def test_conv_channel_pool_exports_as_a_convolution(tmp_path):
+    """The ``conv`` channel backend (for blocked-layout runtimes) is one Conv node per channel
+    pool in ONNX, no MatMul, and the same function in ONNX Runtime and OpenVINO."""
+    import onnx
+    import openvino as ov
+
+    from structconv.layers import set_sum_pool_backends
+
+    torch.manual_seed(4)
+    model = nn.Sequential(sc.StructuredConv2d(16, 8, 3, padding=1, c=12, n=2), nn.ReLU()).eval()
+    model[0].project_()
+    dec = sc.decompose(model)
+    assert set_sum_pool_backends(dec, channel="conv") == 1
+    x = torch.randn(2, 16, 9, 9)
+    path = tmp_path / "m.onnx"
+    export_onnx(dec, x, path, dynamic_batch=False)
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert "MatMul" not in ops and "Gemm" not in ops and ops.count("Conv") >= 2
+    assert rel_err(_run_ort(path, x), model(x)) < 1e-5
+    compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert rel_err(torch.from_numpy(compiled(x.numpy())[0]), model(x)) < 1e-5

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import structconv as sc
+from structconv import pooling
 from structconv.functional import box_sum, channel_band_matrix, channel_sum_matmul, padded_box_sum
 
 from .conftest import TOL, float64_reference, rel_err
@@ -53,7 +54,7 @@ def test_cumsum_box_sum_matches_direct_sum(window, stride):
 
 
 @settings(max_examples=120)
-@given(cfg=conv_configs(max_nd=3), method=st.sampled_from(["auto", "matmul", "sum"]),
+@given(cfg=conv_configs(max_nd=3), method=st.sampled_from(["auto", *pooling.BACKENDS["channel"]]),
        channels_last=st.booleans(), seed=st.integers(0, 2**31 - 1))  # fmt: skip
 def test_decomposed_layer_fast_paths_are_exact(cfg, method, channels_last, seed):
     """Every channel-pool method, in NCHW and channels_last, equals the projected dense layer."""

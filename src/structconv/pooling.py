@@ -49,6 +49,7 @@ __all__ = [
     "padded_box_sum",
     "channel_band_matrix",
     "channel_sum_matmul",
+    "channel_sum_conv",
     "pooling_kernel_applies",
     "pad_input",
 ]
@@ -229,9 +230,7 @@ def channel_sum_matmul(x: Tensor, matrix: Tensor, stride: Sequence[int] = ()) ->
     if any(s != 1 for s in stride) or not (x.is_contiguous() or _channels_innermost(x)):
         # Strided or irregular input: a 1x1 convolution with the 0/1 kernel reads the kept
         # positions directly instead of copying them out first.
-        weight = matrix.t().reshape(out_ch, ch, *([1] * len(spatial)))
-        strides = tuple(stride) or (1,) * len(spatial)
-        return _CONV[len(spatial)](x, weight, None, strides)
+        return channel_sum_conv(x, matrix, stride)
     nd = len(spatial)
     if _channels_innermost(x):
         # explicit permutations (no negative axes: they export to ONNX cleanly)
@@ -240,6 +239,17 @@ def channel_sum_matmul(x: Tensor, matrix: Tensor, stride: Sequence[int] = ()) ->
         return y.view(b, *spatial, out_ch).permute(0, nd + 1, *range(1, nd + 1))
     y = torch.matmul(matrix.t(), x.reshape(b, ch, -1))
     return y.view(b, out_ch, *spatial)
+
+
+def channel_sum_conv(x: Tensor, matrix: Tensor, stride: Sequence[int] = ()) -> Tensor:
+    """Channel sum-pool as a 1x1 convolution with the 0/1 ``matrix`` of
+    :func:`channel_band_matrix` as its kernel (subsampling by ``stride`` in the same pass).
+    Exported, it is a Convolution node: runtimes that keep activations in a blocked channel
+    layout (OpenVINO's CPU plugin) run it without the layout conversions a MatMul on the
+    channel axis costs them (BENCHMARKS.md, "OpenVINO")."""
+    spatial = x.shape[2:]
+    weight = matrix.t().reshape(matrix.shape[1], x.shape[1], *([1] * len(spatial)))
+    return _CONV[len(spatial)](x, weight, None, tuple(stride) or (1,) * len(spatial))
 
 
 def _channel_box_sum(x: Tensor, window: int, groups: int) -> Tensor:
@@ -475,6 +485,19 @@ register_backend(
         applies=lambda spec, x: True,
         prefer=_matmul_prefer,
         run=lambda x, spec, k, stride=(): channel_sum_matmul(x, k.channel_matrix(x, spec), stride),
+        strided=True,
+        runs_last=True,
+    )
+)
+register_backend(
+    SumPoolBackend(
+        "conv",
+        "channel",
+        "a 1x1 convolution with the constant 0/1 band kernel (for runtimes with blocked layouts)",
+        _FLOATS,
+        applies=lambda spec, x: True,
+        prefer=lambda spec, x: False,  # chosen by name (a runtime target) or by autotune, never by 'auto'
+        run=lambda x, spec, k, stride=(): channel_sum_conv(x, k.channel_matrix(x, spec), stride),
         strided=True,
         runs_last=True,
     )

@@ -31,12 +31,13 @@ from .conv import (
 )
 from .linear import DecomposedLinear, StructuredLinear
 from .parametrize import OrthonormalCoefficients, deorthonormalize_, orthonormalize_, small_layer
-from .sum_pool import SumPool
+from .sum_pool import SumPool, set_sum_pool_backends
 
 __all__ = [
     "StructuredLayer",
     "DecomposedLayer",
     "SumPool",
+    "set_sum_pool_backends",
     "StructuredConvNd",
     "StructuredConv1d",
     "StructuredConv2d",

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import pooling as _sp
 
-__all__ = ["SumPool"]
+__all__ = ["SumPool", "set_sum_pool_backends"]
 
 
 class SumPool(nn.Module):
@@ -95,7 +95,7 @@ class SumPool(nn.Module):
         probe = torch.empty((1, channels) + (1,) * len(self.window), dtype=dtype, device="meta")
         if (
             self.channel_window > 1
-            and _sp.select_backend("channel", self.spec, probe, self._channel_method).name == "matmul"
+            and _sp.select_backend("channel", self.spec, probe, self._channel_method).name in ("matmul", "conv")
         ):
             self._constants.prepare(channels, self.spec, dtype=dtype, device=device)
         return self
@@ -134,3 +134,16 @@ class SumPool(nn.Module):
         if self.pad:
             parts.append(f"pad={self.pad}, padding_mode={self.padding_mode!r}")
         return ", ".join(parts)
+
+
+def set_sum_pool_backends(model: nn.Module, *, channel: str | None = None, spatial: str | None = None) -> int:
+    """Set every :class:`SumPool` of ``model`` to the named backends (``None`` keeps the current
+    choice); returns how many pools were set.  How a runtime target pins the lowering it
+    exports, e.g. ``channel="conv"`` for OpenVINO (BENCHMARKS.md, "OpenVINO")."""
+    pools = [m for m in model.modules() if isinstance(m, SumPool)]
+    for pool in pools:
+        if channel is not None:
+            pool.channel_method = channel
+        if spatial is not None:
+            pool.spatial_method = spatial
+    return len(pools)
