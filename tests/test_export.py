@@ -184,3 +184,26 @@ def test_conv_channel_pool_exports_as_a_convolution(tmp_path):
     assert rel_err(_run_ort(path, x), model(x)) < 1e-5
     compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert rel_err(torch.from_numpy(compiled(x.numpy())[0]), model(x)) < 1e-5
+
+
+def test_export_cli_writes_an_openvino_ir_that_openvino_loads_on_its_own(tmp_path, capsys):
+    """The documented path for OpenVINO users: ``structconv export --format openvino`` gives an
+    IR (f32 weights, 1x1-conv channel pools) that a plain ``openvino.Core`` runs like PyTorch."""
+    import numpy as np
+    import openvino as ov
+
+    from structconv.cli import main
+
+    argv = ["export", "--arch", "cifar_resnet20", "--struct", "A", "--format", "openvino", "-o", str(tmp_path)]
+    assert main([*argv, "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["files"]["openvino"]
+    xml = tmp_path / "cifar_resnet20_structA.xml"
+    assert entry["path"] == str(xml) and entry["rel_err"] <= 1e-4 and xml.with_suffix(".bin").exists()
+    model = ov.Core().read_model(str(xml))
+    types = [op.get_type_name() for op in model.get_ops()]
+    assert types.count("MatMul") == 1 and "Convolution" in types  # the classifier's only: no channel-pool MatMul
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)  # batch stays dynamic
+    assert compiled(x)[0].shape == (3, 10)
+    assert main(argv) == 2  # the files exist: not overwritten unless asked
+    assert "--overwrite" in capsys.readouterr().err

@@ -8,6 +8,10 @@ The deployment form exports with ordinary operators only: pad, slices and adds (
 * ONNX: ``torch.onnx.export`` at opset 17 by default with the TorchScript-based exporter
   (``dynamo=False``, fast and exact-opset), falling back to the ``torch.export``-based one;
   ``--dynamo`` asks for the latter first.  The batch axis is dynamic.
+* OpenVINO (``openvino``): IR ``name.xml`` + ``name.bin`` in float32, converted from the ONNX
+  export with every channel sum-pool lowered as a 1x1 convolution (the ``conv`` backend: a
+  MatMul on the channel axis makes OpenVINO's CPU plugin convert layouts around it, which cost
+  more than the convolutions saved; BENCHMARKS.md, "OpenVINO"); verified in OpenVINO at f32.
 * Verification (default on): ONNX Runtime's output must match PyTorch's within ``--rtol``
   (relative Frobenius error, default 1e-4) on a random input, and the traced TorchScript
   module must match too; a mismatch is an error.
@@ -36,11 +40,12 @@ __all__ = [
     "onnx_opset",
     "prepare_for_export",
     "checkpoint_input_size",
+    "export_openvino",
     "export_model",
     "FORMATS",
 ]
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "openvino")
 
 
 # ------------------------------------------------------------------------------------------
@@ -122,6 +127,51 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
+def export_openvino(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    path,
+    *,
+    opset: int = 17,
+    check: torch.Tensor | None = None,
+    rtol: float = 1e-4,
+) -> dict:
+    """OpenVINO IR (``path`` = ``name.xml``, weights beside it in ``name.bin``, float32) of
+    ``model`` with its channel sum-pools lowered as 1x1 convolutions; with ``check`` it is run
+    in OpenVINO (CPU, f32) against PyTorch.  Returns ``{"path", "rel_err"}``."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    try:
+        import openvino as ov
+    except ImportError as err:  # optional dependency
+        raise ImportError("the openvino format needs OpenVINO: pip install 'structconv[export]'") from err
+    from .layers import set_sum_pool_backends
+
+    lowered = copy.deepcopy(model).eval()
+    set_sum_pool_backends(lowered, channel="conv")
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(lowered, example_input, onnx_path, opset=opset)
+        converted = ov.convert_model(str(onnx_path))
+        staged = Path(tmp) / path.name
+        ov.save_model(converted, str(staged), compress_to_fp16=False)  # keep it exact: f32 weights
+        os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(staged, path)  # the .xml last: a complete pair, or the old one
+    entry = {"path": str(path)}
+    if check is not None:
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        got = torch.from_numpy(compiled(check.numpy())[0])
+        with torch.no_grad():
+            err = relative_error(got, model(check))
+        if not err <= rtol:
+            raise ValueError(f"OpenVINO output differs from PyTorch: relative error {err:.2e} > {rtol:g}")
+        entry["rel_err"] = err
+    return entry
+
+
 def verify_onnx(path, model: nn.Module, x: torch.Tensor, *, rtol: float = 1e-4, threads: int | None = None) -> float:
     """Relative error ``||y_ort - y_torch|| / ||y_torch||``; raises ``ValueError`` above ``rtol``."""
     import onnxruntime as ort
@@ -201,7 +251,7 @@ def export_model(
     out = v.path(output_dir, "output_dir")
     if out.exists() and not out.is_dir():
         raise v.ArgumentError("{output_dir}={path} is a file, not a directory", path=repr(str(out)))
-    paths = {"onnx": out / f"{name}.onnx", "torchscript": out / f"{name}.pt"}
+    paths = {"onnx": out / f"{name}.onnx", "torchscript": out / f"{name}.pt", "openvino": out / f"{name}.xml"}
     taken = [str(paths[f]) for f in formats if paths[f].exists()]
     if taken and not overwrite:
         raise v.ArgumentError(
@@ -245,6 +295,10 @@ def export_model(
         if verify:
             entry["rel_err"] = verify_onnx(paths["onnx"], model, check, rtol=rtol)
         summary["files"]["onnx"] = entry
+    if "openvino" in formats:
+        summary["files"]["openvino"] = export_openvino(
+            model, x, paths["openvino"], opset=opset, check=check if verify else None, rtol=rtol
+        )
     if report is not None:
         summary["autotune_dense_layers"] = report.dense_layers
         summary["_report"] = report

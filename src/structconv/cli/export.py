@@ -15,7 +15,9 @@ ARGUMENT_FLAGS = {"formats": "--format", "output_dir": "--output", "input_size":
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="export a decomposed model to TorchScript and ONNX", add_help=add_help)
+    p = argparse.ArgumentParser(
+        description="export a decomposed model to TorchScript, ONNX and OpenVINO IR", add_help=add_help
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
         "--checkpoint", type=path_arg, help="a structconv checkpoint (structured or decomposed; see structconv.save)"
@@ -38,7 +40,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--name", type=path_arg, default=None, help="file stem (default: the architecture or checkpoint name)"
     )
     p.add_argument(
-        "--format", type=name_list, default=("onnx", "torchscript"), help="comma-separated: onnx, torchscript"
+        "--format",
+        type=name_list,
+        default=("onnx", "torchscript"),
+        help="comma-separated: onnx, torchscript, openvino (IR with 1x1-conv channel pools)",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter first")

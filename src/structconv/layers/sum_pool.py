@@ -93,9 +93,9 @@ class SumPool(nn.Module):
         """Build the constants for ``channels`` input channels now (they are otherwise built on
         the first forward), so ``forward`` does no set-up work; returns ``self``."""
         probe = torch.empty((1, channels) + (1,) * len(self.window), dtype=dtype, device="meta")
-        if (
-            self.channel_window > 1
-            and _sp.select_backend("channel", self.spec, probe, self._channel_method).name in ("matmul", "conv")
+        if self.channel_window > 1 and _sp.select_backend("channel", self.spec, probe, self._channel_method).name in (
+            "matmul",
+            "conv",
         ):
             self._constants.prepare(channels, self.spec, dtype=dtype, device=device)
         return self
