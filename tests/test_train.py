@@ -152,3 +152,15 @@ def test_finetune_calibrates_by_default_and_records_it(tmp_path, fmnist, capsys)
         capsys.readouterr()
         assert train(tmp_path / "bad", fmnist, *argv) == 2
         assert culprit in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("calibration", ["0", "2"])
+def test_finetune_step0_evaluation_sees_the_projected_model(tmp_path, fmnist, calibration):
+    # the step-0 point of a fine-tune curve is where training starts: already on the structure
+    assert train(tmp_path / "base", fmnist, "--mode", "baseline", "--max-steps", "2") == 0
+    ckpt = str(tmp_path / "base" / "model.pth")
+    argv = ["--mode", "finetune", "--init-from", ckpt, "--max-steps", "2", "--calibration-batches", calibration]
+    assert train(tmp_path / "ft", fmnist, *argv, "--eval-at", "0") == 0
+    first = results(tmp_path / "ft")["history"][0]
+    assert first["step"] == 0 and first["structure_error_max"] < 1e-4
+    assert first["accuracy"] == first["accuracy_decomposed"]

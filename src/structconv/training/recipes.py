@@ -246,6 +246,12 @@ class StructuralRecipe(Recipe):
             text += f", projected from step {self.projected_from}"
         return text
 
+    def start(self, run: "Run") -> None:
+        super().start(run)
+        # A run projected from step 0 is projected before anything looks at it: the step-0
+        # evaluation (eval_at=0) must see the model training starts from, not the dense one.
+        self.before_step(run)
+
     def before_step(self, run: "Run") -> None:
         if self.projected_from is not None and not self.projected and run.state["global_step"] >= self.projected_from:
             project_weights_(run.model, run.optimizer)  # also on resume: idempotent on projected weights
