@@ -1,5 +1,7 @@
 """Step-0 accuracy of a structurized trained model: weight-space projection, projection plus
-BatchNorm re-estimation, and the data-aware calibration of ``structconv.calibrate_`` (issue 16).
+BatchNorm re-estimation, the data-aware calibration of ``structconv.calibrate_`` on the preset's
+structures, and with the structures chosen from the data too (``search_structure=True``: per
+layer, the ``(c, n)`` of equal multiplications, within 3 %, with the lowest held-out error) (issue 16).
 
 Reads the committed dense teachers (``benchmarks/results/teachers/<arch>_e<epochs>_s<seed>``),
 structurizes each at Struct-A and Struct-B, and evaluates on the full Fashion-MNIST test set,
@@ -59,7 +61,9 @@ def main() -> None:
     train_ds, test_ds, info = build_datasets("fashion-mnist", args.data_path, seed=0)
     test = DataLoader(test_ds, batch_size=500)
     gen = torch.Generator().manual_seed(0)
-    calib = [x for x, _ in DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, generator=gen)][: args.batches]
+    calib = [x for x, _ in DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, generator=gen)][
+        : args.batches
+    ]
     rows = []
     for teacher in sorted(TEACHERS.glob(f"{args.arch}_e{args.epochs}_s*")):
         dense = create_model(args.arch, num_classes=info.num_classes, in_chans=info.in_chans)
@@ -81,10 +85,23 @@ def main() -> None:
             row["output_error_projection"] = report.mean_error_projection
             row["output_error_calibrated"] = report.mean_error_calibrated
             row["layers_kept_projection"] = sum(layer.method == "projection" for layer in report.layers)
+            row["mults_preset"] = sc.count_ops(sc.decompose(calibrated), (1, *info.input_size)).mults
+            searched = structurize_model(copy.deepcopy(dense), args.arch, struct=struct)
+            tic = time.perf_counter()
+            report = calibrate_(searched, dense, calib, search_structure=True)
+            row["searched_seconds"] = time.perf_counter() - tic
+            row["searched"] = evaluate(searched, test, "cpu")[0]
+            row["searched_decomposed"] = evaluate(sc.decompose(searched), test, "cpu")[0]
+            row["output_error_searched"] = report.mean_error_calibrated
+            row["layers_restructured"] = sum(
+                layer.structure != (layer.own_structure or layer.structure) for layer in report.layers
+            )
+            row["mults_searched"] = sc.count_ops(sc.decompose(searched), (1, *info.input_size)).mults
             print(json.dumps(row), flush=True)
             rows.append(row)
     result = {
-        "command": "python benchmarks/calibration_step0.py " + " ".join(
+        "command": "python benchmarks/calibration_step0.py "
+        + " ".join(
             f"--{k.replace('_', '-')} {val}" for k, val in vars(args).items() if k not in ("output", "overwrite")
         ),
         "calibration_images": args.batches * args.batch_size,

@@ -2,7 +2,9 @@
 weight-space one, evaluated at 0, 1 %, 5 % and 10 % of the teacher's steps (issue 16), resumable.
 
 Each teacher in ``benchmarks/results/teachers/<arch>_e<epochs>_s<seed>`` is fine-tuned at each
-``--structs`` preset with ``--calibration-batches`` 8 (``calibrated``) and 0 (``plain``), with
+``--structs`` preset, calibrated on 8 batches with each layer's (c, n) searched at equal mults
+(``searched``, the default recipe) or the preset's (``calibrated``), or with the weight-space
+projection (``plain``), with
 the recipe of ``structconv compare`` (lr 0.01, cosine, distillation 0.9 from the teacher, T=4,
 projected SGD).  A finished run is kept; a killed one resumes.  ``--commit`` copies each
 finished ``results.json`` to ``benchmarks/results/finetune_curves/<name>.json``.
@@ -22,6 +24,8 @@ from structconv.training import TrainConfig, train
 HERE = Path(__file__).parent
 TEACHERS = HERE / "results" / "teachers"
 COMMITTED = HERE / "results" / "finetune_curves"
+# variant -> TrainConfig.calibration_structure ("plain" is the weight-space projection)
+STRUCTURES = {"calibrated": "given", "searched": "search", "plain": None}
 
 
 def main() -> None:
@@ -31,12 +35,15 @@ def main() -> None:
     p.add_argument("--structs", default="A,B")
     p.add_argument("--seeds", default=None, help="teacher seeds (default: every committed teacher)")
     p.add_argument("--fraction", type=float, default=0.10, help="fine-tune budget as a fraction of the teacher's steps")
-    p.add_argument("--variants", default="calibrated,plain")
+    p.add_argument("--variants", default="searched,calibrated,plain", help="comma-separated: " + ", ".join(STRUCTURES))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-path", default="data")
     p.add_argument("--root", default="runs/finetune_curves")
     p.add_argument("--commit", action="store_true")
     args = p.parse_args()
+    for variant in args.variants.split(","):
+        if variant not in STRUCTURES:
+            raise SystemExit(f"--variants: {variant!r} is not one of {', '.join(STRUCTURES)}")
     teachers = sorted(TEACHERS.glob(f"{args.arch}_e{args.epochs}_s*"))
     if args.seeds:
         wanted = {f"s{s}" for s in args.seeds.split(",")}
@@ -59,7 +66,8 @@ def main() -> None:
                             mode="finetune",
                             struct=struct,
                             init_from=str(teacher / "model.pth"),
-                            calibration_batches=8 if variant == "calibrated" else 0,
+                            calibration_batches=0 if variant == "plain" else 8,
+                            calibration_structure=None if variant == "plain" else STRUCTURES[variant],
                             max_steps=budget,
                             epochs=max(1, -(-budget // 468)),
                             lr=0.01,

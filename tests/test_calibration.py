@@ -75,12 +75,16 @@ def test_least_squares_solution_is_a_stationary_point_of_the_real_layer(cfg, see
 
 def test_linear_and_a_trained_like_network_improve_on_the_projection():
     torch.manual_seed(0)
-    dense = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, 10))
+    dense = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, 10)
+    )
     dense.eval()
     structured = sc.structurize(dense, 2.0)
     # correlated inputs (natural images are): the data-aware fit has something to use
     base = torch.randn(10, 1, 8, 8)
-    data = [(base[i : i + 2].repeat(1, 3, 1, 1) + 0.1 * torch.randn(2, 3, 8, 8), torch.zeros(2)) for i in range(0, 10, 2)]
+    data = [
+        (base[i : i + 2].repeat(1, 3, 1, 1) + 0.1 * torch.randn(2, 3, 8, 8), torch.zeros(2)) for i in range(0, 10, 2)
+    ]
     lines = []
     report = calibrate_(structured, dense, data, max_batches=5, progress=lines.append)
     assert [row.name for row in report.layers] == ["0", "4"] and len(lines) == 2
@@ -129,3 +133,67 @@ def test_bad_data_and_mismatched_models_are_one_line_errors():
     other = nn.Sequential(nn.Conv2d(2, 8, 3))
     with pytest.raises(ValueError, match="dense has no layer '0'"):
         calibrate_(structured, other, [torch.randn(1, 2, 5, 5)] * 2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(cfg=conv_configs(), dtype=st.sampled_from([torch.float64, torch.float32]), seed=st.integers(0, 2**31 - 1))
+def test_searched_structure_keeps_the_size_is_exact_and_never_worse_than_the_given_one(cfg, dtype, seed):
+    torch.manual_seed(seed)
+    dense, structured = _dense_and_structured(cfg, dtype)
+    given_basis = structured[0].basis
+    given_size = given_basis.c * math.prod(given_basis.n)
+    params = [id(p) for p in structured.parameters()]
+    data = _batches(cfg, dtype, count=4)
+    (row,) = calibrate_(structured, dense, data, max_batches=4, search_structure=True).layers
+    layer = structured[0]
+    size = layer.basis.c * math.prod(layer.basis.n)
+    assert 0.97 * given_size <= size <= given_size  # mults within 3 %, ratio still met
+    assert [id(p) for p in structured.parameters()] == params  # an optimizer on them stays valid
+    assert row.structure == "x".join(map(str, (layer.basis.c, *layer.basis.n)))
+    if row.candidates > 1:
+        assert row.error_calibrated <= row.error_own_structure
+    assert row.error_calibrated <= row.error_projection
+    assert layer.structure_error() < (1e-10 if dtype == torch.float64 else 1e-5)
+    x = data[0]
+    assert rel_err(sc.decompose(structured)(x), float64_reference(structured, x)) <= TOL[dtype]
+
+
+def test_search_picks_the_structure_the_data_prefers():
+    """A dense kernel exactly structured under (c, n) = (6, (3, 2)), outside the subspace of the
+    given (4, (3, 3)) of the same size 36, is found: its calibrated error is ~0."""
+    torch.manual_seed(0)
+    target = sc.StructuredConv2d(8, 6, 3, padding=1, c=6, n=(3, 2)).double()
+    target.project_()
+    dense = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1).double())
+    dense.load_state_dict(nn.Sequential(target).state_dict())
+    given_plan = sc.plan(dense, 2.0, overrides={"0": sc.StructureSpec(4, (3, 3))})
+    data = [torch.randn(4, 8, 7, 7, dtype=torch.float64) for _ in range(4)]
+    (given,) = calibrate_(sc.structurize(dense, given_plan), dense, data, max_batches=4).layers
+    structured = sc.structurize(dense, given_plan)
+    (row,) = calibrate_(structured, dense, data, max_batches=4, search_structure=True).layers
+    assert given.error_calibrated > 0.05
+    assert row.own_structure == "4x3x3" and row.structure == "6x3x2" and row.candidates > 1
+    assert row.error_calibrated < 1e-3 * given.error_calibrated
+    assert row.error_own_structure == pytest.approx(given.error_calibrated)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "culprit"),
+    [({"search_structure": "yes"}, "search_structure"), ({"size_tolerance": 1.0}, "size_tolerance")],
+)
+def test_bad_search_arguments_name_the_argument(kwargs, culprit):
+    dense = nn.Sequential(nn.Conv2d(2, 4, 3))
+    structured = sc.structurize(dense, 2.0)
+    with pytest.raises(ValueError, match=culprit):
+        calibrate_(structured, dense, [torch.randn(1, 2, 5, 5)] * 3, **kwargs)
+
+
+def test_restructure_keeps_parameters_and_refuses_what_it_cannot_change():
+    model = sc.structurize(nn.Sequential(nn.Conv2d(8, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1)), 2.0)
+    weight = model[0].weight
+    sc.restructure_(model, {"0": sc.StructureSpec(6, (3, 2))})
+    assert model[0].weight is weight and (model[0].basis.c, model[0].basis.n) == (6, (3, 2))
+    with pytest.raises(ValueError, match="layer '1' is a ReLU"):
+        sc.restructure_(model, {"1": sc.StructureSpec(1, (1, 1))})
+    with pytest.raises(ValueError, match="layer 'nope' does not exist"):
+        sc.restructure_(model, {"nope": sc.StructureSpec(1, (1, 1))})

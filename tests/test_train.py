@@ -145,9 +145,13 @@ def test_finetune_calibrates_by_default_and_records_it(tmp_path, fmnist, capsys)
     layers = report["layers"]
     assert len(layers) == 20 and all(row["error_calibrated"] <= row["error_projection"] for row in layers)
     assert results(tmp_path / "ft")["accuracy_after_decomposition"] is not None
+    assert all(row["candidates"] >= 1 and row["structure"] for row in layers)  # structures searched by default
     for argv, culprit in [
         (["--mode", "sr", "--calibration-batches", "4"], "--calibration-batches"),
         (["--mode", "finetune", "--init-from", ckpt, "--calibration-batches", "1"], "--calibration-batches=1"),
+        (["--mode", "sr", "--calibration-structure", "search"], "--calibration-structure"),
+        (["--mode", "finetune", "--init-from", ckpt, "--calibration-batches", "0", "--calibration-structure",
+          "search"], "--calibration-batches=0"),  # fmt: skip
     ]:
         capsys.readouterr()
         assert train(tmp_path / "bad", fmnist, *argv) == 2
@@ -164,3 +168,24 @@ def test_finetune_step0_evaluation_sees_the_projected_model(tmp_path, fmnist, ca
     first = results(tmp_path / "ft")["history"][0]
     assert first["step"] == 0 and first["structure_error_max"] < 1e-4
     assert first["accuracy"] == first["accuracy_decomposed"]
+
+
+def test_finetune_resumes_with_the_structures_its_checkpoint_records(tmp_path, fmnist):
+    """Structures chosen from data are not the preset's: a resumed run must rebuild them from
+    the checkpoint (here one is changed by hand to one the preset never picks), or it would
+    project the weights onto the preset's and decompose a different model."""
+    assert train(tmp_path / "base", fmnist, "--mode", "baseline", "--max-steps", "2") == 0
+    ckpt = str(tmp_path / "base" / "model.pth")
+    argv = ["--mode", "finetune", "--init-from", ckpt, "--max-steps", "4", "--calibration-batches", "2"]
+    assert train(tmp_path / "ft", fmnist, *argv, "--stop-after", "2") == 0
+    path = tmp_path / "ft" / "checkpoint.pth"
+    saved = torch.load(path, weights_only=True)
+    assert saved["layers"]["layer1.0.conv1"]["kind"] == "structured"
+    saved["layers"]["layer1.0.conv1"].update(c=12, n=[3, 2])  # same size as the preset's 8x3x3
+    torch.save(saved, path)
+    assert train(tmp_path / "ft", fmnist, *argv, "--resume", "auto") == 0
+    res = results(tmp_path / "ft")
+    assert res["steps"] == 4 and res["structure_error_max"] < 1e-4
+    final = read_checkpoint(tmp_path / "ft" / "model.pth")["layers"]["layer1.0.conv1"]
+    assert (final["c"], list(final["n"])) == (12, [3, 2])
+    assert res["accuracy_before_decomposition"] == res["accuracy_after_decomposition"]

@@ -23,6 +23,7 @@ from .convert import (
     UnstructuredError,
     decompose,
     plan,
+    restructure_,
     structurize,
 )
 from .functional import box_sum, structured_conv, sum_pool
@@ -63,6 +64,7 @@ __all__ = [
     "decompose",
     "plan",
     "structurize",
+    "restructure_",
     "DEFAULT_TOLERANCE",
     "StructureWarning",
     "UnstructuredError",

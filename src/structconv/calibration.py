@@ -21,6 +21,7 @@ keeps the plain projection where that is better there.  The result is exactly st
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import validation as v
+from .basis import StructuredBasis
+from .convert import StructureSpec, restructure_, structure_candidates
 from .layers import StructuredConvNd, StructuredLinear
 from .layers.conv import DecomposedConvNd
 from .layers.linear import DecomposedLinear
@@ -48,7 +51,12 @@ class LayerCalibration:
     """How one layer was set: ``method`` is ``"least_squares"`` (with ``ridge``, relative to the
     Gram diagonal) or ``"projection"`` (the weight-space projection was better on held-out data,
     or the layer never ran on the calibration data).  Errors are relative output errors
-    ``||Y_dense - Y|| / ||Y_dense||`` on the held-out batches."""
+    ``||Y_dense - Y|| / ||Y_dense||`` on the held-out batches; ``error_projection`` is the
+    weight-space projection onto the layer's structure before calibration.
+
+    With ``search_structure``, ``candidates`` structures were tried, ``structure`` (``"c x n"``)
+    is the one kept and ``error_own_structure`` the calibrated error of ``own_structure``, the
+    structure the layer came with."""
 
     name: str
     method: str
@@ -57,6 +65,10 @@ class LayerCalibration:
     ridge: float | None
     samples: int
     gram_bytes: int
+    structure: str = ""
+    candidates: int = 1
+    own_structure: str = ""
+    error_own_structure: float | None = None
 
 
 @dataclass
@@ -83,18 +95,23 @@ class CalibrationReport:
         return _mean([layer.error_calibrated for layer in self.layers])
 
     def __str__(self) -> str:
-        rows = [
-            [
-                layer.name,
-                layer.method,
-                f"{layer.error_projection:.3f}",
-                f"{layer.error_calibrated:.3f}",
-                "-" if layer.ridge is None else f"{layer.ridge:g}",
-            ]
-            for layer in self.layers
-        ]
+        searched = any(layer.candidates > 1 for layer in self.layers)
+        rows = []
+        for layer in self.layers:
+            row = [layer.name, layer.method, f"{layer.error_projection:.3f}", f"{layer.error_calibrated:.3f}"]
+            row.append("-" if layer.ridge is None else f"{layer.ridge:g}")
+            if searched:
+                own = layer.own_structure or layer.structure
+                row += [
+                    own,
+                    layer.structure,
+                    "-" if layer.error_own_structure is None else f"{layer.error_own_structure:.3f}",
+                ]
+            rows.append(row)
         head = ["layer", "method", "output error (projection)", "output error (calibrated)", "ridge"]
-        table = format_table([head, *rows], align="llrrr")
+        if searched:
+            head += ["c x n given", "c x n kept", "error (given c x n)"]
+        table = format_table([head, *rows], align="llrrr" + ("llr" if searched else ""))
         return (
             f"{table}\nmean relative output error on held-out batches: projection "
             f"{self.mean_error_projection:.3f}, calibrated {self.mean_error_calibrated:.3f} "
@@ -258,6 +275,8 @@ def calibrate_(
     max_batches: int = 8,
     held_out: float = 0.25,
     ridges: Iterable[float] = DEFAULT_RIDGES,
+    search_structure: bool = False,
+    size_tolerance: float = 0.03,
     device: torch.device | str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CalibrationReport:
@@ -273,6 +292,14 @@ def calibrate_(
         held_out: the fraction of those batches kept out of the fit to choose each layer's
             ridge and whether least squares beats the weight-space projection.
         ridges: candidate ridges, relative to the mean diagonal of each Gram block.
+        search_structure: also choose each layer's structure from the data: among the
+            ``(c, n)`` that meet the layer's compression ratio and keep at least
+            ``1 - size_tolerance`` of its ``c * prod(n)`` (so every layer's multiplications stay
+            within ``size_tolerance``), keep the one with the lowest calibrated held-out error
+            (ties keep the given one).  The chosen layers are swapped in place and keep their
+            Parameters, so an optimizer built on ``structured`` stays valid.  Costs one Gram
+            matrix per candidate (up to ``prod(kernel_size)`` of them) while a layer is fitted.
+        size_tolerance: see ``search_structure``.
         device: where to compute (default: where ``structured``'s parameters are).
         progress: called with one line per layer.
 
@@ -283,6 +310,11 @@ def calibrate_(
     max_batches = v.integer(max_batches, "max_batches", low=2, owner="calibrate_")
     held_out = v.number(held_out, "held_out", low=0.0, high=1.0, low_open=True, high_open=True, owner="calibrate_")
     ridges = v.items(ridges, "ridges", each=lambda r, n: v.number(r, n, low=0.0), owner="calibrate_")
+    if not isinstance(search_structure, bool):
+        raise v.ArgumentError(
+            "{search_structure}={value} must be True or False", value=repr(search_structure), owner="calibrate_"
+        )
+    size_tolerance = v.number(size_tolerance, "size_tolerance", low=0.0, high=1.0, high_open=True, owner="calibrate_")
     layers = _calibratable(structured)
     dense_modules = dict(dense.named_modules())
     for name, layer in layers.items():
@@ -324,50 +356,106 @@ def calibrate_(
                 nan = float("nan")
                 report.layers.append(LayerCalibration(name, "projection", nan, nan, None, 0, 0))
         for index, name in enumerate(order, 1):
-            result = _calibrate_layer(structured, dense, name, layers[name], dense_modules[name], fit, check, ridges)
+            result = _calibrate_layer(
+                structured,
+                dense,
+                name,
+                structured.get_submodule(name),
+                dense_modules[name],
+                fit,
+                check,
+                ridges,
+                size_tolerance if search_structure else None,
+            )
             report.layers.append(result)
             if progress is not None:
+                kept = f", c x n {result.own_structure} -> {result.structure}" if result.candidates > 1 else ""
                 progress(
                     f"[{index}/{len(order)}] {name}: output error {result.error_projection:.3f} (projection) -> "
-                    f"{result.error_calibrated:.3f} ({result.method})"
+                    f"{result.error_calibrated:.3f} ({result.method}{kept})"
                 )
     finally:
         structured.train(modes[0]), dense.train(modes[1])
     return report
 
 
+def _candidate_layers(layer: nn.Module, dense_layer: nn.Module, size_tolerance: float) -> list[nn.Module]:
+    """Trial copies of ``layer`` for every ``(c, n)`` that meets its ratio and keeps at least
+    ``1 - size_tolerance`` of its ``c * prod(n)`` (so of its multiplications), each holding the
+    dense weights (the weight-space fallback projects those); the layer's own structure first."""
+    basis = layer.basis
+    own = StructureSpec(basis.c, tuple(basis.n))
+    size = basis.c * math.prod(basis.n)
+    ratio = basis.channels * math.prod(basis.kernel_size) / size
+    specs = [own] + [
+        spec
+        for spec in structure_candidates(basis.channels, tuple(basis.kernel_size), ratio)
+        if spec != own and spec.c * math.prod(spec.n) >= (1 - size_tolerance) * size
+    ]
+    trials = []
+    for spec in specs:
+        trial = restructure_(_Holder(copy.deepcopy(layer)), {"layer": spec}).layer
+        with torch.no_grad():
+            trial.weight.copy_(dense_layer.weight)
+        trials.append(trial)
+    return trials
+
+
+class _Holder(nn.Module):
+    """A one-layer parent, so :func:`restructure_` can swap a detached trial layer."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+
+def _structure_text(layer: nn.Module) -> str:
+    basis = layer.basis
+    return "x".join(str(v) for v in (basis.c, *basis.n))
+
+
 @torch.no_grad()
-def _calibrate_layer(structured, dense, name, layer, dense_layer, fit, check, ridges) -> LayerCalibration:
-    dec = layer.decompose().to(torch.float64)
-    bias = None if layer.bias is None else layer.bias.detach().to(torch.float64)
-    if isinstance(dec, DecomposedConvNd):
-        groups = dec.conv.groups
-        d = dec.conv.in_channels // groups * math.prod(dec.conv.kernel_size)
-    else:
-        groups, d = 1, dec.r
+def _accumulate(structured, dense, layer, dense_layer, trials, fit, check) -> list[dict[str, "_Stats"]]:
+    """Statistics of every trial layer on the input ``layer`` sees in ``structured`` (each batch
+    captured once, then featurized per trial) against ``dense_layer``'s output."""
+    decs = [trial.decompose().to(torch.float64) for trial in trials]
     out = layer.weight.shape[0]
     device = layer.weight.device
-    stats = {"fit": _Stats(groups, d, out, device), "check": _Stats(groups, d, out, device)}
+    stats = []
+    for dec in decs:
+        if isinstance(dec, DecomposedConvNd):
+            groups = dec.conv.groups
+            d = dec.conv.in_channels // groups * math.prod(dec.conv.kernel_size)
+        else:
+            groups, d = 1, dec.r
+        stats.append({"fit": _Stats(groups, d, out, device), "check": _Stats(groups, d, out, device)})
+    bias = None if layer.bias is None else layer.bias.detach().to(torch.float64)
     for split, batches in (("fit", fit), ("check", check)):
         for x in batches:
             x_in = _capture(structured, layer, x, output=False).to(torch.float64)
-            y = _capture(dense, dense_layer, x, output=True).to(torch.float64)
-            y = _flat_outputs(dec, y)
+            y = _flat_outputs(decs[0], _capture(dense, dense_layer, x, output=True).to(torch.float64))
             if bias is not None:
                 y = y - bias
-            start = 0
-            for part in _chunks(x_in, dec):
-                feats, _, _ = _features(dec, part)
-                rows = feats.shape[0]
-                stats[split].add(feats, y[start : start + rows])
-                start += rows
+            for dec, stat in zip(decs, stats):
+                start = 0
+                for part in _chunks(x_in, dec):
+                    feats, _, _ = _features(dec, part)
+                    rows = feats.shape[0]
+                    stat[split].add(feats, y[start : start + rows])
+                    start += rows
+    return stats
+
+
+def _fit(trial: nn.Module, stats: dict[str, "_Stats"], ridges) -> tuple[Tensor, float, float, float | None]:
+    """``(alpha, error of the weight projection, best held-out error, its ridge or None)``."""
     fitted, held = stats["fit"], stats["check"]
     energy = max(float(held.energy), torch.finfo(torch.float64).tiny)
 
     def error(alpha: Tensor) -> float:
         return math.sqrt(max(held.residual(alpha), 0.0) / energy)
 
-    projection = _alpha_by_group(dec.weight, groups)
+    with torch.no_grad():
+        projection = _alpha_by_group(trial.decompose().weight, fitted.groups)
     best_alpha, best_error, best_ridge = projection, error(projection), None
     error_projection = best_error
     for ridge in ridges:
@@ -377,8 +465,41 @@ def _calibrate_layer(structured, dense, name, layer, dense_layer, fit, check, ri
         e = error(alpha)
         if e < best_error:
             best_alpha, best_error, best_ridge = alpha, e, ridge
-    small = _small_weight(best_alpha, dec.weight.shape)
+    return best_alpha, error_projection, best_error, best_ridge
+
+
+@torch.no_grad()
+def _calibrate_layer(
+    structured, dense, name, layer, dense_layer, fit, check, ridges, size_tolerance: float | None = None
+) -> LayerCalibration:
+    """Calibrate ``layer`` in place; with ``size_tolerance`` also choose its ``(c, n)`` among the
+    candidates of :func:`_candidate_layers`, swapping the chosen structure into ``structured``
+    (the Parameters stay the same objects)."""
+    if size_tolerance is None or not isinstance(getattr(layer, "basis", None), StructuredBasis):
+        trials = [layer]
+    else:
+        trials = _candidate_layers(layer, dense_layer, size_tolerance)
+    stats = _accumulate(structured, dense, layer, dense_layer, trials, fit, check)
+    fits = [_fit(trial, stat, ridges) for trial, stat in zip(trials, stats)]
+    best = min(range(len(trials)), key=lambda i: (fits[i][2], i))  # ties keep the layer's own structure
+    alpha, _, error_calibrated, ridge = fits[best]
+    error_projection = fits[0][1]  # the weight-space projection onto the layer's own structure
+    chosen = trials[best]
+    if chosen is not layer and best != 0:
+        basis = chosen.basis
+        restructure_(structured, {name: StructureSpec(basis.c, tuple(basis.n))})
+        layer = structured.get_submodule(name)
+    small = _small_weight(alpha, chosen.decompose().weight.shape)
     layer.weight.copy_(layer.basis.compose(small).to(layer.weight.dtype))
-    method = "projection" if best_ridge is None else "least_squares"
-    gram_bytes = 2 * fitted.gram.numel() * 8
-    return LayerCalibration(name, method, error_projection, best_error, best_ridge, fitted.samples, gram_bytes)
+    method = "projection" if ridge is None else "least_squares"
+    gram_bytes = sum(2 * stat["fit"].gram.numel() * 8 for stat in stats)
+    result = LayerCalibration(
+        name, method, error_projection, error_calibrated, ridge, stats[0]["fit"].samples, gram_bytes
+    )
+    if isinstance(getattr(layer, "basis", None), StructuredBasis):
+        result.structure = _structure_text(layer)
+    if len(trials) > 1:
+        result.candidates = len(trials)
+        result.error_own_structure = fits[0][2]
+        result.own_structure = _structure_text(trials[0])
+    return result

@@ -35,6 +35,7 @@ __all__ = [
     "to_direct",
     "DIRECT_INITS",
     "set_submodule",
+    "restructure_",
     "StructureWarning",
     "UnstructuredError",
     "DEFAULT_TOLERANCE",
@@ -381,6 +382,29 @@ def structured_from_dense(module: nn.Module, spec: StructureSpec) -> nn.Module:
     if _is_linear(module):
         return StructuredLinear.from_dense(module, r=spec.c)
     return _DENSE_TO_STRUCTURED[type(module)].from_dense(module, c=spec.c, n=spec.n)
+
+
+def restructure_(model: nn.Module, specs: Mapping[str, StructureSpec]) -> nn.Module:
+    """Give the structured layers named in ``specs`` a new ``(c, n)``, in place, keeping their
+    Parameters, so an optimizer built on ``model`` stays valid (the weights are not changed:
+    project or calibrate them onto the new structure).  Returns ``model``."""
+    for name, spec in specs.items():
+        if not name:
+            raise ValueError("restructure_: the model itself is one layer; structurize it again instead")
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"restructure_: layer '{name}' does not exist in this model") from None
+        if not isinstance(getattr(layer, "basis", None), StructuredBasis):
+            raise ValueError(f"restructure_: layer '{name}' is a {type(layer).__name__}, not a (c, n)-structured layer")
+        if isinstance(layer, StructuredLinear):
+            new = StructuredLinear.from_dense(layer, r=spec.c)
+        elif isinstance(layer, tuple(STRUCTURED_CONV.values())):
+            new = type(layer).from_dense(layer, c=spec.c, n=spec.resolved(tuple(layer.kernel_size)).n)
+        else:
+            raise ValueError(f"restructure_: layer '{name}' is a {type(layer).__name__}, not a structured layer")
+        set_submodule(model, name, new)
+    return model
 
 
 def structurize(

@@ -51,6 +51,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "0: the weight-space projection A A^+ W)",
     )
     p.add_argument(
+        "--calibration-structure",
+        choices=("given", "search"),
+        default=None,
+        help="mode finetune: 'search' also chooses each layer's (c, n) from the calibration data, at the same "
+        "multiplications (within 3%%) as the preset's; 'given' keeps the preset's (default: search)",
+    )
+    p.add_argument(
         "--direct-init",
         choices=("own", "default"),
         default="default",

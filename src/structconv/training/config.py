@@ -70,6 +70,9 @@ class TrainConfig:
     init_from: str | None = v.option(None, v.PathArg(optional=True))
     # finetune: training batches for the data-aware projection (structconv.calibrate_); 0: weight-space projection
     calibration_batches: int | None = v.option(None, v.Integer(low=0, optional=True))
+    # finetune: "search" also chooses each layer's (c, n) from the data at equal mults
+    # (calibrate_(search_structure=True)); "given" keeps the preset's / the ratio plan's
+    calibration_structure: str | None = v.option(None, v.Choice(("given", "search"), optional=True))
     direct_init: str = v.option("default", v.Choice(("own", "default")))
     pretrained: bool = False
     # data
@@ -134,6 +137,10 @@ class TrainConfig:
         return int(self.recipe.resolve(self, "calibration_batches"))
 
     @property
+    def effective_calibration_structure(self) -> str:
+        return str(self.recipe.resolve(self, "calibration_structure"))
+
+    @property
     def effective_struct(self) -> str | None:
         """The Struct preset of a structured run (A unless a uniform ratio is given)."""
         if not self.recipe.structured:
@@ -163,7 +170,7 @@ class TrainConfig:
     def meaning(self) -> dict:
         """The options that change what the run computes (compared on resume)."""
         d = asdict(self)
-        for key in ("lam", "projected_fraction", "distill", "calibration_batches"):
+        for key in ("lam", "projected_fraction", "distill", "calibration_batches", "calibration_structure"):
             d[key] = self.recipe.resolve(self, key)
         if self.init_from:  # the same file, named relative to the working directory or not
             d["init_from"] = str(Path(self.init_from).expanduser().resolve())
@@ -177,6 +184,8 @@ def saved_meaning(args: dict) -> dict:
     values = {k: (tuple(val) if isinstance(val, list) else val) for k, val in args.items() if k in known}
     if "sr" not in args:  # written before the recipe options existed: the paper's recipe
         values.update(sr="eq3", projected_fraction=0.0, direct_init="default", distill=0.0)
+    if "calibration_structure" not in args:  # written before structures could be searched
+        values.update(calibration_structure="given")
     return json_safe(TrainConfig(**values).meaning())
 
 

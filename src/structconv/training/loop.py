@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader
 from .. import distributed as dist_utils
 from .. import validation as v
 from .._io import atomic_write_json
+from ..basis import StructuredBasis
 from ..complexity import count_ops
-from ..convert import decompose
+from ..convert import StructureSpec, decompose, restructure_
 from ..data import ResumableSampler, build_datasets
 from ..evaluation import evaluate_structured
 from ..layers import DecomposedLayer, StructuredLayer, deorthonormalize_
@@ -381,7 +382,26 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, teacher: nn.Mo
         dist_utils.cleanup()
 
 
+def _structure_of(model: nn.Module, name: str) -> StructureSpec | None:
+    """The ``(c, n)`` of the structured layer ``name`` of ``model`` (None: no such layer)."""
+    try:
+        basis = getattr(model.get_submodule(name), "basis", None)
+    except AttributeError:
+        return None
+    return StructureSpec(basis.c, tuple(basis.n)) if isinstance(basis, StructuredBasis) else None
+
+
 def _restore(run: Run, ckpt: dict) -> None:
+    # a run whose structures were chosen from data (calibrate_(search_structure=True)) resumes
+    # with them: the checkpoint records every layer's (c, n), the rebuilt model has the preset's
+    saved = {
+        name: StructureSpec(spec["c"], tuple(spec["n"]))
+        for name, spec in (ckpt.get("layers") or {}).items()
+        if spec.get("kind") == "structured" and spec.get("form") == "structured"
+    }
+    changed = {name: spec for name, spec in saved.items() if _structure_of(run.model, name) not in (None, spec)}
+    if changed:
+        restructure_(run.model, changed)
     try:
         run.model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

@@ -37,19 +37,24 @@ from ..regularizer import (
 from ..serialization import load_dense_weights
 
 
-def calibrate_from_dense(run: "Run", dense: nn.Module, batches: int) -> dict:
+def calibrate_from_dense(run: "Run", dense: nn.Module, batches: int, *, search_structure: bool = False) -> dict:
     """:func:`structconv.calibrate_` of ``run.model`` to ``dense`` on ``batches`` training
-    batches (seeded by the run's seed); prints the summary and returns the report as a dict."""
+    batches (seeded by the run's seed), choosing structures too with ``search_structure``;
+    prints the summary and returns the report as a dict."""
     from torch.utils.data import DataLoader
 
     from ..calibration import calibrate_
 
     generator = torch.Generator().manual_seed(run.config.seed)
     loader = DataLoader(run.train_data, batch_size=run.config.batch_size, shuffle=True, generator=generator)
-    report = calibrate_(run.model, dense, loader, max_batches=batches, device=run.ctx.device)
+    report = calibrate_(
+        run.model, dense, loader, max_batches=batches, device=run.ctx.device, search_structure=search_structure
+    )
+    changed = sum(layer.structure != (layer.own_structure or layer.structure) for layer in report.layers)
+    searched = f", {changed} layers given another (c, n) at equal mults" if search_structure else ""
     run.say(
         f"calibrated {len(report.layers)} layers on {batches} batches: mean output error "
-        f"{report.mean_error_projection:.3f} (weight-space projection) -> {report.mean_error_calibrated:.3f}"
+        f"{report.mean_error_projection:.3f} (weight-space projection) -> {report.mean_error_calibrated:.3f}{searched}"
     )
     return report.to_dict()
 
@@ -131,7 +136,12 @@ class Recipe:
     structured: ClassVar[bool] = False
     uses_lambda: ClassVar[bool] = False
     teacher_from_init: ClassVar[bool] = False
-    defaults: ClassVar[dict] = {"projected_fraction": 0.0, "distill": 0.0, "calibration_batches": 0}
+    defaults: ClassVar[dict] = {
+        "projected_fraction": 0.0,
+        "distill": 0.0,
+        "calibration_batches": 0,
+        "calibration_structure": "given",
+    }
 
     def __init__(self, config: "TrainConfig") -> None:
         self.config = config
@@ -144,6 +154,8 @@ class Recipe:
             return float(config.lam)
         value = getattr(config, key)
         value = cls.defaults[key] if value is None else value
+        if key == "calibration_structure":
+            return str(value)
         return int(value) if key == "calibration_batches" else float(value)
 
     @classmethod
@@ -159,6 +171,16 @@ class Recipe:
             )
         if config.calibration_batches == 1:
             raise v.ArgumentError("{calibration_batches}=1: calibration needs at least 2 batches (one is held out)")
+        if config.calibration_structure == "search" and not cls.teacher_from_init:
+            raise v.ArgumentError(
+                "{calibration_structure}='search' calibrates a trained model; {mode}={value} has none",
+                value=repr(cls.name),
+            )
+        if config.calibration_structure == "search" and config.calibration_batches == 0:
+            raise v.ArgumentError(
+                "{calibration_structure}='search' chooses structures by calibration, which "
+                "{calibration_batches}=0 turns off"
+            )
 
     def describe(self, run: "Run") -> str:
         """What the start-of-run line adds after the mode (e.g. the regularizer's settings)."""
@@ -321,8 +343,15 @@ class Finetune(StructuralRecipe):
     # Fine-tuning a trained model projects at once and trains projected (its weights start far
     # from the structure, and SR cannot pull them there in a short budget); distills from it.
     # The projection is data-aware by default: the weight-space one starts the fine-tune at
-    # chance accuracy (BENCHMARKS.md, "Calibration").
-    defaults = {**Recipe.defaults, "projected_fraction": 1.0, "distill": 0.9, "calibration_batches": 8}
+    # chance accuracy, and choosing each layer's (c, n) from the data at equal mults starts it
+    # higher still (BENCHMARKS.md, "Calibration").
+    defaults = {
+        **Recipe.defaults,
+        "projected_fraction": 1.0,
+        "distill": 0.9,
+        "calibration_batches": 8,
+        "calibration_structure": "search",
+    }
 
     @classmethod
     def validate(cls, config) -> None:
@@ -349,10 +378,14 @@ class Finetune(StructuralRecipe):
     def describe(self, run: "Run") -> str:
         batches = self.config.effective_calibration_batches
         calibration = f", calibrated on {batches} batches" if batches else ", weight-space projection"
+        if batches and self.config.effective_calibration_structure == "search":
+            calibration += ", structures searched"
         return super().describe(run) + calibration
 
     def start(self, run: "Run") -> None:
         super().start(run)
         batches = self.config.effective_calibration_batches
         if batches and run.train_data is not None:
-            run.extra["calibration"] = calibrate_from_dense(run, self._dense(run.info).to(run.ctx.device), batches)
+            search = self.config.effective_calibration_structure == "search"
+            dense = self._dense(run.info).to(run.ctx.device)
+            run.extra["calibration"] = calibrate_from_dense(run, dense, batches, search_structure=search)
