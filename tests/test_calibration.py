@@ -197,3 +197,64 @@ def test_restructure_keeps_parameters_and_refuses_what_it_cannot_change():
         sc.restructure_(model, {"1": sc.StructureSpec(1, (1, 1))})
     with pytest.raises(ValueError, match="layer 'nope' does not exist"):
         sc.restructure_(model, {"nope": sc.StructureSpec(1, (1, 1))})
+
+
+@st.composite
+def _factorizable(draw):
+    if draw(st.booleans()):
+        q, p = draw(st.integers(2, 12)), draw(st.integers(2, 12))
+        return nn.Linear(q, p, bias=draw(st.booleans())), (draw(st.integers(1, 3)), q)
+    k = draw(st.integers(1, 3))
+    conv = nn.Conv2d(
+        draw(st.integers(1, 5)),
+        draw(st.integers(2, 8)),
+        k,
+        stride=draw(st.integers(1, 2)),
+        padding=draw(st.integers(0, 1)),
+        dilation=draw(st.integers(1, 2)),
+        bias=draw(st.booleans()),
+        padding_mode=draw(st.sampled_from(["zeros", "reflect", "circular"])),
+    )
+    return conv, (2, conv.in_channels, 7, 7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(layer_shape=_factorizable(), seed=st.integers(0, 2**31 - 1))
+def test_factorized_reconstruction_reports_the_real_error_and_beats_weight_svd(layer_shape, seed):
+    """Zhang et al.'s reconstruction of a weight-SVD pair: the held-out error it reports is the
+    error the factorized layer really makes there, it is never worse than the weight SVD's, and
+    the pair keeps its rank (so its mults)."""
+    from structconv.baselines import factor_weight_svd
+    from structconv.calibration import calibrate_factorized_
+
+    torch.manual_seed(seed)
+    layer, shape = layer_shape
+    dense = nn.Sequential(layer.double())
+    full = min(layer.weight.shape[0], layer.weight[0].numel())
+    rank = max(1, full // 2)
+    factorized = nn.Sequential(factor_weight_svd(dense[0], rank))
+    data = [torch.randn(*shape, dtype=torch.float64) for _ in range(4)]
+    (row,) = calibrate_factorized_(factorized, dense, data, max_batches=4)
+    assert factorized[0][0].weight.shape[0] == rank
+    held = data[3]
+    with torch.no_grad():
+        y, y_hat = dense(held), factorized(held)
+        if layer.bias is not None:  # errors are relative to the output without the (kept) bias
+            shape = (-1,) + (1,) * (y.dim() - 2)
+            y, y_hat = y - layer.bias.view(shape), y_hat - layer.bias.view(shape)
+    measured = ((y - y_hat).norm() / y.norm().clamp_min(1e-300)).item()
+    # (abs: the error comes from expanded sums of squares, whose cancellation leaves ~1e-8 near 0)
+    assert measured == pytest.approx(row.error_calibrated, rel=1e-6, abs=1e-6)
+    assert row.error_calibrated <= row.error_svd + 1e-12
+
+
+def test_factorized_calibration_needs_pairs_and_data():
+    from structconv.baselines import weight_svd
+    from structconv.calibration import calibrate_factorized_
+
+    dense = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 25, 3)).eval()
+    with pytest.raises(ValueError, match="no weight-SVD pair"):
+        calibrate_factorized_(copy.deepcopy(dense), dense, [torch.randn(1, 8, 7, 7)] * 2)
+    factorized = weight_svd(dense, torch.zeros(1, 8, 7, 7), 0.55 * sc.count_ops(dense, (1, 8, 7, 7)).mults)
+    with pytest.raises(ValueError, match="data gave 1 batch"):
+        calibrate_factorized_(factorized, dense, [torch.randn(1, 8, 7, 7)])

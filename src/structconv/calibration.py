@@ -38,7 +38,14 @@ from .layers.conv import DecomposedConvNd
 from .layers.linear import DecomposedLinear
 from .reporting import format_table
 
-__all__ = ["DEFAULT_RIDGES", "LayerCalibration", "CalibrationReport", "calibrate_"]
+__all__ = [
+    "DEFAULT_RIDGES",
+    "LayerCalibration",
+    "CalibrationReport",
+    "calibrate_",
+    "FactorizedCalibration",
+    "calibrate_factorized_",
+]
 
 # Relative to the mean diagonal of each Gram block; the held-out batches pick one per layer.
 DEFAULT_RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -128,7 +135,7 @@ class _Captured(Exception):
     """Raised by a hook once it has what it needs, so the rest of the forward is skipped."""
 
 
-def _inputs(batch: Any) -> Tensor:
+def _inputs(batch: Any, owner: str = "calibrate_") -> Tensor:
     """The model input of a batch: a tensor, or the first item of a (images, targets) pair."""
     if isinstance(batch, Tensor):
         return batch
@@ -137,8 +144,24 @@ def _inputs(batch: Any) -> Tensor:
     raise v.ArgumentError(
         "{data} must yield tensors or (inputs, targets) pairs, got a {value}",
         value=type(batch).__name__,
-        owner="calibrate_",
+        owner=owner,
     )
+
+
+def _read_batches(data: Iterable, max_batches: int, held_out: float, device, owner: str) -> tuple[list, list]:
+    """The first ``max_batches`` input batches of ``data`` on ``device``, split into
+    ``(fit, held out)``; at least 2 are needed (one is held out)."""
+    batches = []
+    for batch in data:
+        batches.append(_inputs(batch, owner).to(device))
+        if len(batches) == max_batches:
+            break
+    if len(batches) < 2:
+        raise v.ArgumentError(
+            "{data} gave {value} batch(es); calibration needs at least 2", value=len(batches), owner=owner
+        )
+    n_held = min(len(batches) - 1, max(1, round(held_out * len(batches))))
+    return batches[: len(batches) - n_held], batches[len(batches) - n_held :]
 
 
 def _calibratable(model: nn.Module) -> dict[str, nn.Module]:
@@ -332,17 +355,8 @@ def calibrate_(
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
 
-    batches = []
-    for batch in data:
-        batches.append(_inputs(batch).to(device))
-        if len(batches) == max_batches:
-            break
-    if len(batches) < 2:
-        raise v.ArgumentError(
-            "{data} gave {value} batch(es); calibration needs at least 2", value=len(batches), owner="calibrate_"
-        )
-    n_held = min(len(batches) - 1, max(1, round(held_out * len(batches))))
-    fit, check = batches[: len(batches) - n_held], batches[len(batches) - n_held :]
+    fit, check = _read_batches(data, max_batches, held_out, device, "calibrate_")
+    batches = fit + check
     report = CalibrationReport(batches_fit=len(fit), batches_held_out=len(check))
 
     modes = (structured.training, dense.training)
@@ -503,3 +517,185 @@ def _calibrate_layer(
         result.error_own_structure = fits[0][2]
         result.own_structure = _structure_text(trials[0])
     return result
+
+
+# ------------------------------------------------------------------------------------------
+# the fair baseline: weight SVD with Zhang et al.'s asymmetric reconstruction
+# ------------------------------------------------------------------------------------------
+@dataclass
+class FactorizedCalibration:
+    """How one factorized layer was set (see :func:`calibrate_factorized_`): ``method`` is
+    ``"reconstruction"`` (with ``ridge``) or ``"svd"`` (the weight SVD was better on held-out
+    data); errors are relative output errors on the held-out batches."""
+
+    name: str
+    method: str
+    rank: int
+    error_svd: float
+    error_calibrated: float
+    ridge: float | None
+    samples: int
+
+
+def _factorized_pairs(factorized: nn.Module, dense: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """``{name: (pair, dense layer)}`` for every ``nn.Sequential(first, second)`` of
+    ``factorized`` (:func:`~structconv.baselines.weight_svd`'s form) standing where ``dense`` has
+    an ungrouped ``nn.Conv2d`` or an ``nn.Linear`` of the same input and output sizes."""
+    dense_modules = dict(dense.named_modules())
+    found = {}
+    for name, module in factorized.named_modules():
+        layer = dense_modules.get(name)
+        if not isinstance(module, nn.Sequential) or len(module) != 2 or type(module) is type(layer):
+            continue
+        first, second = module
+        if isinstance(layer, nn.Linear) and isinstance(first, nn.Linear) and isinstance(second, nn.Linear):
+            ok = (first.in_features, second.out_features) == (layer.in_features, layer.out_features)
+        elif isinstance(layer, nn.Conv2d) and isinstance(first, nn.Conv2d) and isinstance(second, nn.Conv2d):
+            ok = (
+                layer.groups == 1
+                and first.weight.shape[1:] == layer.weight.shape[1:]
+                and second.out_channels == layer.out_channels
+                and second.kernel_size == (1, 1)
+            )
+        else:
+            ok = False
+        if ok:
+            found[name] = (module, layer)
+    return found
+
+
+class _OutputStats:
+    """``G = Yh^T Yh``, ``C = Yh^T Y`` and ``E = tr(Y^T Y)`` in float64, with ``Yh`` the dense
+    filters' response to the factorized model's input and ``Y`` the dense model's output."""
+
+    def __init__(self, out: int, device) -> None:
+        kw = {"dtype": torch.float64, "device": device}
+        self.gram = torch.zeros(out, out, **kw)
+        self.cross = torch.zeros(out, out, **kw)
+        self.energy = torch.zeros((), **kw)
+        self.samples = 0
+
+    def add(self, approx: Tensor, exact: Tensor) -> None:
+        self.gram += approx.T @ approx
+        self.cross += approx.T @ exact
+        self.energy += exact.square().sum()
+        self.samples += approx.shape[0]
+
+    def residual(self, t: Tensor) -> float:
+        """``||Y - Yh T||^2``."""
+        return float(self.energy - 2 * (t * self.cross).sum() + (t * (self.gram @ t)).sum())
+
+
+def _dense_response(layer: nn.Module, x: Tensor) -> Tensor:
+    """The dense layer without its bias on ``x``, flattened to ``(N, out)``."""
+    w = layer.weight.detach().to(torch.float64)
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, w).reshape(-1, w.shape[0])
+    return layer._conv_forward(x, w, None).movedim(1, -1).reshape(-1, w.shape[0])
+
+
+@torch.no_grad()
+def calibrate_factorized_(
+    factorized: nn.Module,
+    dense: nn.Module,
+    data: Iterable,
+    *,
+    max_batches: int = 8,
+    held_out: float = 0.25,
+    ridges: Iterable[float] = DEFAULT_RIDGES,
+    device: torch.device | str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[FactorizedCalibration]:
+    """The data-aware form of weight SVD (the fair baseline of :func:`calibrate_`): Zhang et
+    al.'s asymmetric reconstruction (TPAMI 2016, "Accelerating Very Deep Convolutional
+    Networks", Sec. 3.2-3.3, without the nonlinearity), layer by layer in forward order.
+
+    Every rank-``r`` pair ``nn.Sequential(first, second)`` that
+    :func:`~structconv.baselines.weight_svd` put where ``dense`` has a layer ``W`` computes
+    ``M (W * x)`` with ``M`` of rank ``r`` (weight SVD: ``M = U_r U_r^T``).  Here ``M`` minimizes
+    ``||Y - M (W * x_hat)||^2`` over calibration images, with ``Y`` the dense model's output of
+    the layer and ``x_hat`` the input the already calibrated earlier layers produce -- reduced
+    rank regression: the least-squares ``M`` (with a ridge chosen on held-out batches), projected
+    onto the top ``r`` principal directions of its fitted outputs.  ``first`` becomes
+    ``(M's row factor) W``, ``second`` its column factor; the mults do not change.  A layer keeps
+    the weight SVD where that is better on held-out batches.  Memory: three ``out x out``
+    float64 matrices per layer.  Changes ``factorized`` in place; returns one row per layer.
+    """
+    owner = "calibrate_factorized_"
+    max_batches = v.integer(max_batches, "max_batches", low=2, owner=owner)
+    held_out = v.number(held_out, "held_out", low=0.0, high=1.0, low_open=True, high_open=True, owner=owner)
+    ridges = v.items(ridges, "ridges", each=lambda r, n: v.number(r, n, low=0.0), owner=owner)
+    pairs = _factorized_pairs(factorized, dense)
+    if not pairs:
+        raise v.ArgumentError("{factorized} has no weight-SVD pair where {dense} has a layer", owner=owner)
+    if device is None:
+        param = next(factorized.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    fit, check = _read_batches(data, max_batches, held_out, torch.device(device), owner)
+    modes = (factorized.training, dense.training)
+    factorized.eval(), dense.eval()
+    rows = []
+    try:
+        order = _forward_order(factorized, {name: pair for name, (pair, _) in pairs.items()}, fit[0])
+        for index, name in enumerate(order, 1):
+            pair, layer = pairs[name]
+            rows.append(_reconstruct_pair(factorized, dense, name, pair, layer, fit, check, ridges))
+            if progress is not None:
+                row = rows[-1]
+                progress(
+                    f"[{index}/{len(order)}] {name}: output error {row.error_svd:.3f} (weight SVD) -> "
+                    f"{row.error_calibrated:.3f} ({row.method})"
+                )
+    finally:
+        factorized.train(modes[0]), dense.train(modes[1])
+    return rows
+
+
+def _reconstruct_pair(factorized, dense, name, pair, layer, fit, check, ridges) -> FactorizedCalibration:
+    first, second = pair
+    out, rank = layer.weight.shape[0], first.weight.shape[0]
+    device = first.weight.device
+    stats = {"fit": _OutputStats(out, device), "check": _OutputStats(out, device)}
+    bias = None if layer.bias is None else layer.bias.detach().to(torch.float64)
+    for split, batches in (("fit", fit), ("check", check)):
+        for x in batches:
+            x_hat = _capture(factorized, pair, x, output=False).to(torch.float64)
+            y = _capture(dense, layer, x, output=True).to(torch.float64)
+            y = y.reshape(-1, out) if isinstance(layer, nn.Linear) else y.movedim(1, -1).reshape(-1, out)
+            if bias is not None:
+                y = y - bias
+            start = 0
+            rows_per_sample = max(1, y.shape[0] // max(1, x_hat.shape[0]))
+            step = max(1, _FEATURE_BYTES // (8 * out * rows_per_sample))
+            for part in x_hat.split(step) if x_hat.dim() > 1 else [x_hat]:
+                approx = _dense_response(layer, part)
+                stats[split].add(approx, y[start : start + approx.shape[0]])
+                start += approx.shape[0]
+    fitted, held = stats["fit"], stats["check"]
+    energy = max(float(held.energy), torch.finfo(torch.float64).tiny)
+
+    def error(t: Tensor) -> float:
+        return math.sqrt(max(held.residual(t), 0.0) / energy)
+
+    w = layer.weight.detach().to(torch.float64).reshape(out, -1)
+    u = torch.linalg.svd(w, full_matrices=False)[0][:, :rank]
+    best_error, best_ridge = error(u @ u.T), None  # the weight SVD: M = U_r U_r^T
+    error_svd, best_factors = best_error, None
+    eye = torch.eye(out, dtype=torch.float64, device=device)
+    scale = fitted.gram.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    for ridge in ridges:
+        b = torch.linalg.solve(fitted.gram + ridge * scale * eye, fitted.cross)  # least-squares M^T
+        if not bool(torch.isfinite(b).all()):
+            continue
+        # reduced-rank regression: the fitted outputs Yh b, kept on their top-r principal directions
+        directions = torch.linalg.eigh(b.T @ fitted.gram @ b)[1][:, -rank:]
+        t = b @ directions @ directions.T
+        e = error(t)
+        if e < best_error:
+            best_error, best_ridge, best_factors = e, ridge, (b @ directions, directions)
+    if best_factors is not None:
+        row_factor, column_factor = best_factors  # M^T = row_factor @ column_factor^T
+        first.weight.copy_((row_factor.T @ w).reshape(first.weight.shape).to(first.weight.dtype))
+        second.weight.copy_(column_factor.reshape(second.weight.shape).to(second.weight.dtype))
+    method = "svd" if best_factors is None else "reconstruction"
+    return FactorizedCalibration(name, method, rank, error_svd, best_error, best_ridge, fitted.samples)
