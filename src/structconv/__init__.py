@@ -14,6 +14,7 @@ from importlib.metadata import version as _version
 
 from .basis import CompositeBasis, StructuredBasis
 from .calibration import CalibrationReport, calibrate_
+from .finetuning import finetune_from_dense
 from .complexity import OpsReport, count_ops
 from .convert import (
     DEFAULT_TOLERANCE,
@@ -55,6 +56,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "CalibrationReport",
     "calibrate_",
+    "finetune_from_dense",
     "CompositeBasis",
     "StructuredBasis",
     "OpsReport",

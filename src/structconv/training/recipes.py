@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .. import validation as v
 from ..convert import to_direct
+from ..finetuning import distillation_loss
 from ..layers import StructuredLayer
 from ..models import create_model, structurize_model
 from ..regularizer import (
@@ -104,14 +105,6 @@ def get_recipe(name: str) -> type["Recipe"]:
     except (KeyError, TypeError):
         v.choice(name, "mode", recipe_names())
         raise
-
-
-def distillation_loss(logits: Tensor, target_logits: Tensor, temperature: float) -> Tensor:
-    """Hinton et al.'s term ``T^2 KL(softmax(teacher / T) || softmax(student / T))``."""
-    t = temperature
-    return F.kl_div(
-        F.log_softmax(logits / t, 1), F.log_softmax(target_logits / t, 1), log_target=True, reduction="batchmean"
-    ) * (t * t)
 
 
 class Recipe:
