@@ -4,9 +4,11 @@
 Each teacher in ``benchmarks/results/teachers/<arch>_e<epochs>_s<seed>`` is compressed to each
 ``--structs`` preset's multiplications by every ``--variants`` entry:
 
-* ``searched`` -- Struct calibrated on 8 batches with each layer's (c, n) searched at equal mults
-  (the default fine-tune recipe); ``calibrated`` -- calibrated on the preset's structures;
-  ``plain`` -- the weight-space projection ``A A^+ W``;
+* ``reconstructed`` -- Struct calibrated on 8 batches with each layer's (c, n) searched at equal
+  mults, then each residual block's output reconstructed on the same batches (200 Adam steps per
+  block; the default fine-tune recipe); ``searched`` -- without the reconstruction;
+  ``calibrated`` -- calibrated on the preset's structures; ``plain`` -- the weight-space
+  projection ``A A^+ W``;
 * ``svd`` -- weight SVD (``structconv.baselines.weight_svd``); ``svd_calibrated`` -- with Zhang et
   al.'s asymmetric reconstruction on the same 8 batches (``calibrate_factorized_``);
 * ``prune`` -- Torch-Pruning (``prune_to_mults``); ``prune_bn`` -- with its BatchNorm statistics
@@ -40,8 +42,14 @@ from structconv.training import TrainConfig, train
 HERE = Path(__file__).parent
 TEACHERS = HERE / "results" / "teachers"
 COMMITTED = HERE / "results" / "finetune_curves"
-# Struct variant -> TrainConfig.calibration_structure ("plain" is the weight-space projection)
-STRUCTURES = {"calibrated": "given", "searched": "search", "plain": None}
+# Struct variant -> (TrainConfig.calibration_structure, reconstruction_steps); "plain" is the
+# weight-space projection
+STRUCTURES = {
+    "reconstructed": ("search", 200),
+    "searched": ("search", 0),
+    "calibrated": ("given", 0),
+    "plain": (None, 0),
+}
 BASELINES = ("svd", "svd_calibrated", "prune", "prune_bn")
 CALIBRATION_BATCHES = 8  # as the finetune recipe's default, of the run's batch size (128)
 
@@ -142,7 +150,8 @@ def main() -> None:
                             struct=struct,
                             init_from=str(teacher / "model.pth"),
                             calibration_batches=0 if variant == "plain" else CALIBRATION_BATCHES,
-                            calibration_structure=STRUCTURES[variant],
+                            calibration_structure=STRUCTURES[variant][0],
+                            reconstruction_steps=STRUCTURES[variant][1],
                             **common,
                         )
                         train(config)

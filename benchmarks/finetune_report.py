@@ -17,7 +17,8 @@ HERE = Path(__file__).parent
 CURVES = HERE / "results" / "finetune_curves"
 TEACHERS = HERE / "results" / "teachers"
 LABELS = {
-    "struct_searched": "Struct, calibrated, (c, n) searched (default)",
+    "struct_reconstructed": "Struct, calibrated, (c, n) searched, blocks reconstructed (default)",
+    "struct_searched": "Struct, calibrated, (c, n) searched",
     "struct_calibrated": "Struct, calibrated, preset (c, n)",
     "struct_plain": "Struct, weight-space projection",
     "svd_calibrated": "weight SVD + asymmetric reconstruction",

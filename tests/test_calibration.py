@@ -258,3 +258,47 @@ def test_factorized_calibration_needs_pairs_and_data():
     factorized = weight_svd(dense, torch.zeros(1, 8, 7, 7), 0.55 * sc.count_ops(dense, (1, 8, 7, 7)).mults)
     with pytest.raises(ValueError, match="data gave 1 batch"):
         calibrate_factorized_(factorized, dense, [torch.randn(1, 8, 7, 7)])
+
+
+class _Block(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+def test_block_reconstruction_lowers_block_errors_stays_structured_and_touches_only_structured_weights():
+    from structconv.reconstruction import find_blocks, reconstruct_blocks_
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _Block(8), _Block(8), nn.Flatten(), nn.Linear(8 * 36, 4))
+    for m in dense.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+    dense.eval()
+    structured = sc.structurize(dense, 2.0)
+    data = [torch.randn(8, 3, 6, 6) for _ in range(4)]
+    calibrate_(structured, dense, data, max_batches=4)
+    assert find_blocks(structured) == ["1", "2"]  # the lone structured stem and head are left out
+    untouched = {k: v.clone() for k, v in structured.state_dict().items() if "bn" in k}
+    rows = reconstruct_blocks_(structured, dense, data, steps=30, lr=1e-2, max_batches=4)
+    assert [r.name for r in rows] == ["1", "2"] and any(r.kept for r in rows)
+    assert all(r.error_after < r.error_before for r in rows if r.kept)
+    assert all(torch.equal(v, structured.state_dict()[k]) for k, v in untouched.items())
+    assert max(sc.structure_errors(structured).values()) < 1e-5
+    x = data[0]
+    assert rel_err(sc.decompose(structured)(x), float64_reference(structured, x)) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "culprit"), [({"steps": 0}, "steps=0"), ({"lr": 0}, "lr=0"), ({"max_layers": 0}, "max_layers=0")]
+)
+def test_bad_reconstruction_arguments_name_the_argument(kwargs, culprit):
+    from structconv.reconstruction import reconstruct_blocks_
+
+    dense = nn.Sequential(nn.Conv2d(2, 4, 3))
+    with pytest.raises(ValueError, match=culprit):
+        reconstruct_blocks_(sc.structurize(dense, 2.0), dense, [torch.randn(1, 2, 5, 5)] * 3, **kwargs)

@@ -146,10 +146,15 @@ def test_finetune_calibrates_by_default_and_records_it(tmp_path, fmnist, capsys)
     assert len(layers) == 20 and all(row["error_calibrated"] <= row["error_projection"] for row in layers)
     assert results(tmp_path / "ft")["accuracy_after_decomposition"] is not None
     assert all(row["candidates"] >= 1 and row["structure"] for row in layers)  # structures searched by default
+    blocks = results(tmp_path / "ft")["reconstruction"]  # then blocks reconstructed, by default
+    assert [row["name"] for row in blocks][:2] == ["layer1.0", "layer1.1"] and len(blocks) == 9
+    assert all(row["error_after"] < row["error_before"] for row in blocks if row["kept"])
     for argv, culprit in [
         (["--mode", "sr", "--calibration-batches", "4"], "--calibration-batches"),
         (["--mode", "finetune", "--init-from", ckpt, "--calibration-batches", "1"], "--calibration-batches=1"),
         (["--mode", "sr", "--calibration-structure", "search"], "--calibration-structure"),
+        (["--mode", "finetune", "--init-from", ckpt, "--calibration-batches", "0", "--reconstruction-steps", "5"],
+         "--reconstruction-steps"),  # fmt: skip
         (["--mode", "finetune", "--init-from", ckpt, "--calibration-batches", "0", "--calibration-structure",
           "search"], "--calibration-batches=0"),  # fmt: skip
     ]:
@@ -163,7 +168,8 @@ def test_finetune_step0_evaluation_sees_the_projected_model(tmp_path, fmnist, ca
     # the step-0 point of a fine-tune curve is where training starts: already on the structure
     assert train(tmp_path / "base", fmnist, "--mode", "baseline", "--max-steps", "2") == 0
     ckpt = str(tmp_path / "base" / "model.pth")
-    argv = ["--mode", "finetune", "--init-from", ckpt, "--max-steps", "2", "--calibration-batches", calibration]
+    argv = ["--mode", "finetune", "--init-from", ckpt, "--max-steps", "2", "--calibration-batches", calibration,
+            "--reconstruction-steps", "0" if calibration == "0" else "2"]  # fmt: skip
     assert train(tmp_path / "ft", fmnist, *argv, "--eval-at", "0") == 0
     first = results(tmp_path / "ft")["history"][0]
     assert first["step"] == 0 and first["structure_error_max"] < 1e-4
@@ -176,7 +182,8 @@ def test_finetune_resumes_with_the_structures_its_checkpoint_records(tmp_path, f
     project the weights onto the preset's and decompose a different model."""
     assert train(tmp_path / "base", fmnist, "--mode", "baseline", "--max-steps", "2") == 0
     ckpt = str(tmp_path / "base" / "model.pth")
-    argv = ["--mode", "finetune", "--init-from", ckpt, "--max-steps", "4", "--calibration-batches", "2"]
+    argv = ["--mode", "finetune", "--init-from", ckpt, "--max-steps", "4", "--calibration-batches", "2",
+            "--reconstruction-steps", "2"]  # fmt: skip
     assert train(tmp_path / "ft", fmnist, *argv, "--stop-after", "2") == 0
     path = tmp_path / "ft" / "checkpoint.pth"
     saved = torch.load(path, weights_only=True)

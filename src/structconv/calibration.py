@@ -24,13 +24,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import validation as v
+from ._hooks import capture, forward_order, read_batches
 from .basis import StructuredBasis
 from .convert import StructureSpec, restructure_, structure_candidates
 from .layers import StructuredConvNd, StructuredLinear
@@ -131,81 +132,8 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-class _Captured(Exception):
-    """Raised by a hook once it has what it needs, so the rest of the forward is skipped."""
-
-
-def _inputs(batch: Any, owner: str = "calibrate_") -> Tensor:
-    """The model input of a batch: a tensor, or the first item of a (images, targets) pair."""
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise v.ArgumentError(
-        "{data} must yield tensors or (inputs, targets) pairs, got a {value}",
-        value=type(batch).__name__,
-        owner=owner,
-    )
-
-
-def _read_batches(data: Iterable, max_batches: int, held_out: float, device, owner: str) -> tuple[list, list]:
-    """The first ``max_batches`` input batches of ``data`` on ``device``, split into
-    ``(fit, held out)``; at least 2 are needed (one is held out)."""
-    batches = []
-    for batch in data:
-        batches.append(_inputs(batch, owner).to(device))
-        if len(batches) == max_batches:
-            break
-    if len(batches) < 2:
-        raise v.ArgumentError(
-            "{data} gave {value} batch(es); calibration needs at least 2", value=len(batches), owner=owner
-        )
-    n_held = min(len(batches) - 1, max(1, round(held_out * len(batches))))
-    return batches[: len(batches) - n_held], batches[len(batches) - n_held :]
-
-
 def _calibratable(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, (StructuredConvNd, StructuredLinear))}
-
-
-def _forward_order(model: nn.Module, layers: dict[str, nn.Module], x: Tensor) -> list[str]:
-    order: list[str] = []
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args, name=name: order.append(name) if name not in order else None)
-        for name, m in layers.items()
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
-
-
-def _capture(model: nn.Module, module: nn.Module, x: Tensor, *, output: bool) -> Tensor:
-    """The input (or output) of ``module`` when ``model`` runs on ``x``; the forward stops there."""
-    seen: list[Tensor] = []
-
-    def pre_hook(mod, args):
-        seen.append(args[0].detach())
-        raise _Captured
-
-    def hook(mod, args, out):
-        seen.append(out.detach())
-        raise _Captured
-
-    handle = module.register_forward_hook(hook) if output else module.register_forward_pre_hook(pre_hook)
-    try:
-        with torch.no_grad():
-            model(x)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError("calibrate_: the layer did not run")  # callers check the order first
-    return seen[0]
 
 
 def _features(dec: nn.Module, x: Tensor) -> tuple[Tensor, int, int]:
@@ -355,14 +283,14 @@ def calibrate_(
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
 
-    fit, check = _read_batches(data, max_batches, held_out, device, "calibrate_")
+    fit, check = read_batches(data, max_batches, held_out, device, "calibrate_")
     batches = fit + check
     report = CalibrationReport(batches_fit=len(fit), batches_held_out=len(check))
 
     modes = (structured.training, dense.training)
     structured.eval(), dense.eval()
     try:
-        order = _forward_order(structured, layers, batches[0])
+        order = forward_order(structured, layers, batches[0])
         for name in layers:
             if name not in order:
                 layer = layers[name]
@@ -446,8 +374,8 @@ def _accumulate(structured, dense, layer, dense_layer, trials, fit, check) -> li
     bias = None if layer.bias is None else layer.bias.detach().to(torch.float64)
     for split, batches in (("fit", fit), ("check", check)):
         for x in batches:
-            x_in = _capture(structured, layer, x, output=False).to(torch.float64)
-            y = _flat_outputs(decs[0], _capture(dense, dense_layer, x, output=True).to(torch.float64))
+            x_in = capture(structured, layer, x, output=False).to(torch.float64)
+            y = _flat_outputs(decs[0], capture(dense, dense_layer, x, output=True).to(torch.float64))
             if bias is not None:
                 y = y - bias
             for dec, stat in zip(decs, stats):
@@ -631,12 +559,12 @@ def calibrate_factorized_(
     if device is None:
         param = next(factorized.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-    fit, check = _read_batches(data, max_batches, held_out, torch.device(device), owner)
+    fit, check = read_batches(data, max_batches, held_out, torch.device(device), owner)
     modes = (factorized.training, dense.training)
     factorized.eval(), dense.eval()
     rows = []
     try:
-        order = _forward_order(factorized, {name: pair for name, (pair, _) in pairs.items()}, fit[0])
+        order = forward_order(factorized, {name: pair for name, (pair, _) in pairs.items()}, fit[0])
         for index, name in enumerate(order, 1):
             pair, layer = pairs[name]
             rows.append(_reconstruct_pair(factorized, dense, name, pair, layer, fit, check, ridges))
@@ -659,8 +587,8 @@ def _reconstruct_pair(factorized, dense, name, pair, layer, fit, check, ridges) 
     bias = None if layer.bias is None else layer.bias.detach().to(torch.float64)
     for split, batches in (("fit", fit), ("check", check)):
         for x in batches:
-            x_hat = _capture(factorized, pair, x, output=False).to(torch.float64)
-            y = _capture(dense, layer, x, output=True).to(torch.float64)
+            x_hat = capture(factorized, pair, x, output=False).to(torch.float64)
+            y = capture(dense, layer, x, output=True).to(torch.float64)
             y = y.reshape(-1, out) if isinstance(layer, nn.Linear) else y.movedim(1, -1).reshape(-1, out)
             if bias is not None:
                 y = y - bias

@@ -21,6 +21,7 @@ from . import validation as v
 from .calibration import CalibrationReport, calibrate_
 from .convert import StructurePlan, structurize
 from .layers import StructuredLayer
+from .reconstruction import reconstruct_blocks_
 from .regularizer import project_gradients_, project_weights_
 
 __all__ = ["distillation_loss", "finetune_from_dense"]
@@ -87,6 +88,7 @@ def finetune_from_dense(
     temperature: float = 4.0,
     calibration_batches: int = 8,
     search_structure: bool = True,
+    reconstruction_steps: int = 200,
     device: torch.device | str | None = None,
     progress: bool = True,
     **structurize_options: Any,
@@ -97,8 +99,10 @@ def finetune_from_dense(
        ready :class:`~structconv.StructurePlan`; ``structurize_options`` go to it, e.g.
        ``filter_fn`` or ``example_inputs``);
     2. :func:`~structconv.calibrate_` it on ``calibration_batches`` batches of ``data``, with each
-       layer's ``(c, n)`` chosen from the data at equal mults (``search_structure``); with
-       ``calibration_batches=0`` the weight-space projection ``A A^+ W`` instead;
+       layer's ``(c, n)`` chosen from the data at equal mults (``search_structure``), then
+       :func:`~structconv.reconstruction.reconstruct_blocks_` on the same batches
+       (``reconstruction_steps`` Adam steps per block; 0: skip); with ``calibration_batches=0``
+       the weight-space projection ``A A^+ W`` instead;
     3. ``steps`` steps of SGD (cosine learning rate from ``lr``) on
        ``(1 - distill) * cross-entropy + distill * distillation_loss`` from ``dense`` at
        ``temperature``, with projected gradients, so the model stays exactly structured.
@@ -119,6 +123,7 @@ def finetune_from_dense(
     distill = v.number(distill, "distill", low=0.0, high=1.0, owner=OWNER)
     temperature = v.number(temperature, "temperature", low=0.0, low_open=True, owner=OWNER)
     calibration_batches = v.integer(calibration_batches, "calibration_batches", low=0, owner=OWNER)
+    reconstruction_steps = v.integer(reconstruction_steps, "reconstruction_steps", low=0, owner=OWNER)
     if calibration_batches == 1:
         raise v.ArgumentError(
             "{calibration_batches}=1: calibration needs at least 2 batches (one is held out)", owner=OWNER
@@ -143,6 +148,11 @@ def finetune_from_dense(
             model, teacher, (x for x, _ in _pairs(data)), max_batches=calibration_batches,
             search_structure=search_structure, device=device,
         )  # fmt: skip
+        if reconstruction_steps:
+            reconstruct_blocks_(
+                model, teacher, (x for x, _ in _pairs(data)), steps=reconstruction_steps,
+                max_batches=calibration_batches, device=device,
+            )  # fmt: skip
     else:
         project_weights_(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)

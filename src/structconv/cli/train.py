@@ -58,6 +58,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "multiplications (within 3%%) as the preset's; 'given' keeps the preset's (default: search)",
     )
     p.add_argument(
+        "--reconstruction-steps",
+        type=nonnegative_int,
+        default=None,
+        help="mode finetune: Adam steps per residual block of block-wise output reconstruction after "
+        "calibration (structconv.reconstruction.reconstruct_blocks_, default 200; 0: none)",
+    )
+    p.add_argument(
         "--direct-init",
         choices=("own", "default"),
         default="default",

@@ -73,6 +73,8 @@ class TrainConfig:
     # finetune: "search" also chooses each layer's (c, n) from the data at equal mults
     # (calibrate_(search_structure=True)); "given" keeps the preset's / the ratio plan's
     calibration_structure: str | None = v.option(None, v.Choice(("given", "search"), optional=True))
+    # finetune: Adam steps per block of structconv.reconstruct_blocks_ after calibration (0: none)
+    reconstruction_steps: int | None = v.option(None, v.Integer(low=0, optional=True))
     direct_init: str = v.option("default", v.Choice(("own", "default")))
     pretrained: bool = False
     # data
@@ -137,6 +139,10 @@ class TrainConfig:
         return int(self.recipe.resolve(self, "calibration_batches"))
 
     @property
+    def effective_reconstruction_steps(self) -> int:
+        return int(self.recipe.resolve(self, "reconstruction_steps"))
+
+    @property
     def effective_calibration_structure(self) -> str:
         return str(self.recipe.resolve(self, "calibration_structure"))
 
@@ -170,7 +176,14 @@ class TrainConfig:
     def meaning(self) -> dict:
         """The options that change what the run computes (compared on resume)."""
         d = asdict(self)
-        for key in ("lam", "projected_fraction", "distill", "calibration_batches", "calibration_structure"):
+        for key in (
+            "lam",
+            "projected_fraction",
+            "distill",
+            "calibration_batches",
+            "calibration_structure",
+            "reconstruction_steps",
+        ):
             d[key] = self.recipe.resolve(self, key)
         if self.init_from:  # the same file, named relative to the working directory or not
             d["init_from"] = str(Path(self.init_from).expanduser().resolve())
@@ -186,6 +199,8 @@ def saved_meaning(args: dict) -> dict:
         values.update(sr="eq3", projected_fraction=0.0, direct_init="default", distill=0.0)
     if "calibration_structure" not in args:  # written before structures could be searched
         values.update(calibration_structure="given")
+    if "reconstruction_steps" not in args:  # written before block reconstruction existed
+        values.update(reconstruction_steps=0)
     return json_safe(TrainConfig(**values).meaning())
 
 

@@ -60,6 +60,26 @@ def calibrate_from_dense(run: "Run", dense: nn.Module, batches: int, *, search_s
     return report.to_dict()
 
 
+def reconstruct_from_dense(run: "Run", dense: nn.Module, batches: int, steps: int) -> list[dict]:
+    """:func:`structconv.reconstruction.reconstruct_blocks_` of ``run.model`` to ``dense`` on the
+    batches :func:`calibrate_from_dense` read; prints the summary and returns the rows."""
+    from dataclasses import asdict
+
+    from torch.utils.data import DataLoader
+
+    from ..reconstruction import reconstruct_blocks_
+
+    generator = torch.Generator().manual_seed(run.config.seed)
+    loader = DataLoader(run.train_data, batch_size=run.config.batch_size, shuffle=True, generator=generator)
+    rows = reconstruct_blocks_(run.model, dense, loader, steps=steps, max_batches=batches, device=run.ctx.device)
+    kept = [r for r in rows if r.kept]
+    if rows:
+        before = sum(r.error_before for r in rows) / len(rows)
+        after = sum(min(r.error_before, r.error_after) for r in rows) / len(rows)
+        run.say(f"reconstructed {len(kept)} of {len(rows)} blocks: mean block output error {before:.3f} -> {after:.3f}")
+    return [asdict(r) for r in rows]
+
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig
     from .loop import Run
@@ -134,6 +154,7 @@ class Recipe:
         "distill": 0.0,
         "calibration_batches": 0,
         "calibration_structure": "given",
+        "reconstruction_steps": 0,
     }
 
     def __init__(self, config: "TrainConfig") -> None:
@@ -149,7 +170,7 @@ class Recipe:
         value = cls.defaults[key] if value is None else value
         if key == "calibration_structure":
             return str(value)
-        return int(value) if key == "calibration_batches" else float(value)
+        return int(value) if key in ("calibration_batches", "reconstruction_steps") else float(value)
 
     @classmethod
     def validate(cls, config: "TrainConfig") -> None:
@@ -169,6 +190,12 @@ class Recipe:
                 "{calibration_structure}='search' calibrates a trained model; {mode}={value} has none",
                 value=repr(cls.name),
             )
+        if config.reconstruction_steps and not cls.teacher_from_init:
+            raise v.ArgumentError(
+                "{reconstruction_steps} reconstructs a calibrated model; {mode}={value} has none", value=repr(cls.name)
+            )
+        if config.reconstruction_steps and config.calibration_batches == 0:
+            raise v.ArgumentError("{reconstruction_steps} follows calibration, which {calibration_batches}=0 turns off")
         if config.calibration_structure == "search" and config.calibration_batches == 0:
             raise v.ArgumentError(
                 "{calibration_structure}='search' chooses structures by calibration, which "
@@ -344,6 +371,7 @@ class Finetune(StructuralRecipe):
         "distill": 0.9,
         "calibration_batches": 8,
         "calibration_structure": "search",
+        "reconstruction_steps": 200,
     }
 
     @classmethod
@@ -373,6 +401,8 @@ class Finetune(StructuralRecipe):
         calibration = f", calibrated on {batches} batches" if batches else ", weight-space projection"
         if batches and self.config.effective_calibration_structure == "search":
             calibration += ", structures searched"
+        if batches and self.config.effective_reconstruction_steps:
+            calibration += f", blocks reconstructed ({self.config.effective_reconstruction_steps} steps each)"
         return super().describe(run) + calibration
 
     def start(self, run: "Run") -> None:
@@ -382,3 +412,6 @@ class Finetune(StructuralRecipe):
             search = self.config.effective_calibration_structure == "search"
             dense = self._dense(run.info).to(run.ctx.device)
             run.extra["calibration"] = calibrate_from_dense(run, dense, batches, search_structure=search)
+            steps = self.config.effective_reconstruction_steps
+            if steps:
+                run.extra["reconstruction"] = reconstruct_from_dense(run, dense, batches, steps)
