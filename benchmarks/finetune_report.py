@@ -53,6 +53,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="cifar_resnet20")
     p.add_argument("--figure", help="write the accuracy-against-fine-tune-steps figure here (PNG)")
+    p.add_argument("--latency", help="benchmarks/finetune_latency.py's JSON: also the accuracy-against-latency figure")
+    p.add_argument("--latency-figure", help="where that figure goes (PNG)")
+    p.add_argument("--at", type=float, default=0.05, help="the fine-tune budget (fraction) of the latency figure")
     args = p.parse_args()
     curves, mults = load(args.arch)
     dense = [json.loads((t / "results.json").read_text()) for t in sorted(TEACHERS.glob(f"{args.arch}_e*_s*"))]
@@ -98,6 +101,57 @@ def main() -> None:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.figure, dpi=120)
         print(f"\nwrote {args.figure}")
+    if args.latency:
+        latency = json.loads(Path(args.latency).read_text())
+        print(f"\nlatency ({latency['command']}, {latency['cpu']}, torch {latency['torch']}):")
+        for table in latency["tables"]:
+            ms = table["median_ms"]
+            cells = ", ".join(f"{k} {t:.2f} ms ({ms['dense'] / t:.2f}x)" for k, t in ms.items())
+            print(f"  {table['mode']} batch {table['batch']} ({table['rounds']} rounds): {cells}")
+        if args.latency_figure:
+            plot_latency(curves, dense_acc, steps_total, latency, args.at, args.latency_figure)
+
+
+def latency_key(method: str, target: str) -> str:
+    """The model of ``benchmarks/finetune_latency.py`` that a study variant deploys."""
+    kind, _, variant = method.partition("_")
+    if kind == "struct":
+        return f"struct_{'preset' if variant in ('calibrated', 'plain') else 'searched'}-{target}"
+    return f"{kind}-{target}"
+
+
+def plot_latency(curves: dict, dense_acc: list[float], steps_total: int, latency: dict, at: float, path: str) -> None:
+    """Accuracy after ``at`` of the teacher's steps against eager latency (each table's batch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = [t for t in latency["tables"] if t["mode"] == "eager"]
+    fig, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.5), squeeze=False)
+    for ax, table in zip(axes[0], tables):
+        ms = table["median_ms"]
+        ax.errorbar([ms["dense"]], [statistics.mean(dense_acc)], yerr=[statistics.stdev(dense_acc)], marker="*",
+                    color="black", markersize=12, linestyle="none", capsize=3, label="dense teacher")  # fmt: skip
+        for (method, target), points in sorted(curves.items()):
+            step = min(points, key=lambda s: abs(s - at * steps_total))
+            key = latency_key(method, target)
+            if key not in ms or abs(step - at * steps_total) > 0.01 * steps_total:
+                continue
+            acc = points[step]
+            label = f"{LABELS.get(method, method)}, {target} ({len(acc)} seed{'s' if len(acc) > 1 else ''})"
+            spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            mean = statistics.mean(acc)
+            ax.errorbar([ms[key]], [mean], yerr=[spread], marker="o", linestyle="none", capsize=3, label=label)
+        ax.set_xlabel(f"eager latency, batch {table['batch']}, {latency['threads']} thread(s) (ms)")
+        ax.set_ylabel(f"test accuracy after {100 * at:.0f} % of the dense steps (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("ResNet20 from a converged teacher: accuracy against CPU latency (this machine)")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
