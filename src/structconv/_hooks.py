@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from . import validation as v
 
-__all__ = ["model_inputs", "read_batches", "forward_order", "capture", "capture_call"]
+__all__ = ["model_inputs", "read_batches", "forward_order", "capture", "capture_call", "default_device"]
 
 
 class _Captured(Exception):
@@ -75,6 +75,11 @@ def capture(model: nn.Module, module: nn.Module, x: Tensor, *, output: bool) -> 
         raise _Captured
 
     handle = module.register_forward_hook(hook) if output else module.register_forward_pre_hook(pre_hook)
+    return _run_until_captured(model, x, handle, seen)
+
+
+def _run_until_captured(model: nn.Module, x: Tensor, handle, seen: list):
+    """Run ``model`` on ``x`` until the hook behind ``handle`` has filled ``seen``; remove it."""
     try:
         with torch.no_grad():
             model(x)
@@ -85,6 +90,12 @@ def capture(model: nn.Module, module: nn.Module, x: Tensor, *, output: bool) -> 
     if not seen:
         raise RuntimeError("the module did not run")  # callers check the order first
     return seen[0]
+
+
+def default_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def capture_call(model: nn.Module, module: nn.Module, x: Tensor) -> tuple[tuple, dict]:
@@ -98,13 +109,4 @@ def capture_call(model: nn.Module, module: nn.Module, x: Tensor) -> tuple[tuple,
         raise _Captured
 
     handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(x)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError("the module did not run")
-    return seen[0]
+    return _run_until_captured(model, x, handle, seen)

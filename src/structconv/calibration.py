@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import validation as v
-from ._hooks import capture, forward_order, read_batches
+from ._hooks import capture, default_device, forward_order, read_batches
 from .basis import StructuredBasis
 from .convert import StructureSpec, restructure_, structure_candidates
 from .layers import StructuredConvNd, StructuredLinear
@@ -279,8 +279,7 @@ def calibrate_(
                 shape=tuple(layer.weight.shape),
             )
     if device is None:
-        param = next(structured.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = default_device(structured)
     device = torch.device(device)
 
     fit, check = read_batches(data, max_batches, held_out, device, "calibrate_")
@@ -557,8 +556,7 @@ def calibrate_factorized_(
     if not pairs:
         raise v.ArgumentError("{factorized} has no weight-SVD pair where {dense} has a layer", owner=owner)
     if device is None:
-        param = next(factorized.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = default_device(factorized)
     fit, check = read_batches(data, max_batches, held_out, torch.device(device), owner)
     modes = (factorized.training, dense.training)
     factorized.eval(), dense.eval()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import validation as v
+from ._hooks import default_device
 from .calibration import CalibrationReport, calibrate_
 from .convert import StructurePlan, structurize
 from .layers import StructuredLayer
@@ -130,10 +131,7 @@ def finetune_from_dense(
         )
     if not isinstance(dense, nn.Module):
         raise v.ArgumentError("{dense} must be an nn.Module, got a {value}", value=type(dense).__name__, owner=OWNER)
-    if device is None:
-        param = next(dense.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = torch.device(default_device(dense) if device is None else device)
     teacher = copy.deepcopy(dense).to(device).eval().requires_grad_(False)
     _check_first_batch(teacher, data, device)
 

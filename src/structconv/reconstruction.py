@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import validation as v
-from ._hooks import capture, capture_call, forward_order, read_batches
+from ._hooks import capture, capture_call, default_device, forward_order, read_batches
 from .layers import StructuredLayer
 from .regularizer import project_gradients_, project_weights_
 
@@ -116,8 +116,7 @@ def reconstruct_blocks_(
     if missing:
         raise v.ArgumentError("{dense} has no module {block}", block=repr(missing[0]), owner=OWNER)
     if device is None:
-        param = next(structured.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = default_device(structured)
     fit, check = read_batches(data, max_batches, held_out, torch.device(device), OWNER)
     blocks = {n: structured.get_submodule(n) for n in names}
     modes = (structured.training, dense.training)
