@@ -12,7 +12,7 @@ from torch import nn
 
 import structconv as sc
 from structconv import pooling
-from structconv.autotune import _pool_variants
+from structconv.autotune import pool_variants
 from structconv.models import create_model, default_input_size, list_models, register_model, unregister_model
 from structconv.models.presets import has_preset
 
@@ -324,7 +324,7 @@ def test_a_registered_backend_runs_everywhere(toy_backend, groups):
     direct = sc.sum_pool(x, dec.pool.channel_window, dec.pool.window, groups=groups, pad=dec.pool.pad,
                          channel_method="toy")  # fmt: skip
     assert rel_err(direct, sc.sum_pool(x, dec.pool.channel_window, dec.pool.window, groups=groups, pad=dec.pool.pad)) < 1e-6
-    assert any(v.startswith("toy") for v in _pool_variants(dec, x))
+    assert any(v.startswith("toy") for v in pool_variants(dec, x))
     # 'auto' still prefers the built-in backends: the toy one never says it is preferred
     dec.pool.channel_method = "auto"
     assert dec.pool.backends(x)[0].name != "toy"

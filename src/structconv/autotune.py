@@ -34,7 +34,18 @@ from .layers import DecomposedConvNd, DecomposedLinear
 from .reporting import format_table
 from .speed_plan import SpeedPlan, candidate_structures, speed_plan  # noqa: F401 - their former home
 
-__all__ = ["LayerChoice", "TuneReport", "optimize", "default_cache_path"]
+__all__ = [
+    "LayerChoice",
+    "TuneReport",
+    "optimize",
+    "default_cache_path",
+    "describe_layer",
+    "layer_key",
+    "tunable",
+    "dense_like",
+    "pool_variants",
+    "set_pool",
+]
 
 _CHOICES = ("decomposed", "dense")
 
@@ -204,7 +215,8 @@ def _layout(x: Tensor) -> str:
     return "strided"
 
 
-def _describe_layer(m: nn.Module) -> str:
+def describe_layer(m: nn.Module) -> str:
+    """One line: a decomposed layer's type, channels, kernel, structure and options."""
     if isinstance(m, DecomposedConvNd):
         k = "x".join(map(str, m.kernel_size))
         n = "x".join(map(str, m.n))
@@ -221,13 +233,14 @@ def _describe_layer(m: nn.Module) -> str:
     return f"Linear {m.in_features}->{m.out_features} r{m.r}"
 
 
-def _cache_key(m: nn.Module, x: Tensor, threads: int) -> str:
+def layer_key(m: nn.Module, x: Tensor, threads: int) -> str:
+    """What a timing of ``m`` on ``x`` depends on (shape, options, input layout, dtype, threads, torch)."""
     extra = ""
     if isinstance(m, DecomposedConvNd):
         extra = f"p{m.padding}b{m.bias is not None}"
     return "|".join(
         [
-            _describe_layer(m),
+            describe_layer(m),
             extra,
             "x".join(map(str, x.shape)),
             _layout(x),
@@ -242,11 +255,13 @@ def _cache_key(m: nn.Module, x: Tensor, threads: int) -> str:
 # ------------------------------------------------------------------------------------------
 # optimize
 # ------------------------------------------------------------------------------------------
-def _tunable(m: nn.Module) -> bool:
+def tunable(m: nn.Module) -> bool:
+    """Whether ``m`` is a decomposed layer that can run decomposed or recomposed."""
     return isinstance(m, (DecomposedConvNd, DecomposedLinear))
 
 
-def _dense_like(layer: nn.Module, x: Tensor) -> nn.Module:
+def dense_like(layer: nn.Module, x: Tensor) -> nn.Module:
+    """The recomposed dense layer of ``layer``, in the memory layout of ``x`` (same function)."""
     dense = layer.recompose()
     if isinstance(layer, DecomposedConvNd) and x.dim() in (4, 5) and _layout(x).startswith("channels_last"):
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
@@ -254,7 +269,7 @@ def _dense_like(layer: nn.Module, x: Tensor) -> nn.Module:
     return dense.eval()
 
 
-def _pool_variants(layer: nn.Module, x: Tensor) -> list[str]:
+def pool_variants(layer: nn.Module, x: Tensor) -> list[str]:
     """Sum-pool variants to time for ``layer`` on input ``x``: every applicable combination of
     backends from :data:`structconv.pooling.BACKENDS`, written ``'<channel>+<spatial>'``
     (``'-'`` when there is no channel pool; the spatial part only where several backends apply)."""
@@ -268,7 +283,8 @@ def _pool_variants(layer: nn.Module, x: Tensor) -> list[str]:
     return [f"{c}+{s}" for c in channel for s in spatial]
 
 
-def _set_pool(layer: nn.Module, method: str) -> None:
+def set_pool(layer: nn.Module, method: str) -> None:
+    """Pin ``layer``'s sum-pool to a variant from :func:`pool_variants`."""
     if not isinstance(layer, DecomposedConvNd):
         return
     channel, _, spatial = method.partition("+")
@@ -321,7 +337,7 @@ def optimize(
     """
     if not inplace:
         model = copy.deepcopy(model)
-    names = [name for name, m in model.named_modules() if _tunable(m) and name]
+    names = [name for name, m in model.named_modules() if tunable(m) and name]
     if isinstance(model, (DecomposedConvNd, DecomposedLinear)):
         raise ValueError("optimize: pass a model containing decomposed layers, not a single layer")
     if not names:
@@ -352,19 +368,19 @@ def optimize(
                 if name not in inputs:  # not reached by this input
                     continue
                 x = inputs[name]
-                key = _cache_key(layer, x, n_threads)
+                key = layer_key(layer, x, n_threads)
                 hit = entries.get(key)
                 if hit is not None and hit.get("choice") in _CHOICES:
                     choice, pool = hit["choice"], hit.get("pool", "-")
                     dec_ms, dense_ms, cached = float(hit["decomposed_ms"]), float(hit["dense_ms"]), True
                 else:
-                    dense = _dense_like(layer, x)
+                    dense = dense_like(layer, x)
                     fns = {"dense": lambda d=dense: d(x)}
-                    pools = _pool_variants(layer, x)
+                    pools = pool_variants(layer, x)
                     variants = {}
                     for method in pools:
                         variant = copy.deepcopy(layer)
-                        _set_pool(variant, method)
+                        set_pool(variant, method)
                         variants[method] = variant
                         fns[f"dec:{method}"] = lambda v=variant: v(x)
                     times = interleaved_times(
@@ -377,13 +393,13 @@ def optimize(
                     cached = False
                     new_entries[key] = {"choice": choice, "pool": pool, "decomposed_ms": dec_ms, "dense_ms": dense_ms}
                 if choice == "dense":
-                    set_submodule(model, name, _dense_like(layer, x))
+                    set_submodule(model, name, dense_like(layer, x))
                 else:
-                    _set_pool(layer, pool)
+                    set_pool(layer, pool)
                 report.layers.append(
                     LayerChoice(
                         name,
-                        _describe_layer(layer),
+                        describe_layer(layer),
                         tuple(x.shape),
                         choice,
                         pool if choice == "decomposed" else "-",
@@ -419,7 +435,7 @@ def _check_whole_model(model, example_input, inputs, report: TuneReport, *, warm
     Records ``report.whole_model``."""
     decomposed = [c for c in report.layers if c.choice == "decomposed"]
     all_dense = copy.deepcopy(model)
-    dense_layers = {c.name: _dense_like(all_dense.get_submodule(c.name), inputs[c.name]) for c in decomposed}
+    dense_layers = {c.name: dense_like(all_dense.get_submodule(c.name), inputs[c.name]) for c in decomposed}
     for name, layer in dense_layers.items():
         set_submodule(all_dense, name, layer)
     device = inputs[decomposed[0].name].device

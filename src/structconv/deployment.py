@@ -1,0 +1,353 @@
+"""Deployment for one runtime and precision, chosen by measuring there (``structconv export --runtime``).
+
+:func:`deploy` takes a structured or decomposed model and a runtime target from
+:mod:`structconv.runtimes` and decides, per decomposed layer, how it runs *in that runtime at
+that precision*: decomposed, in each applicable sum-pool lowering
+(:data:`structconv.pooling.BACKENDS`: 1x1 binary conv, GEMM or cumulative sum on the channel
+axis; depthwise ones-conv, avg-pool with divisor 1 or shifted adds on the spatial axes), or
+as its recomposed dense kernel.  Every form computes the same function, so the choice changes
+speed only.  This is :func:`structconv.autotune.optimize` measured where the model will run:
+eager-PyTorch timings do not predict OpenVINO's, whose blocked layouts make a MatMul on the
+channel axis cost more than the convolutions it saves (BENCHMARKS.md, "Per runtime").
+
+Layers with the same shape, options and input are measured once.  A layer timed alone can win
+by a little and still lose inside the whole graph (layout conversions, fused epilogues), so the
+deployed model is finally timed against the all-dense model in the same runtime and precision,
+interleaved, and becomes all-dense unless it is faster: it is never slower than dense within
+the noise of that measurement.  :meth:`Deployment.save` writes the artifact, its decisions
+(JSON) and the printable report beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import validation as v
+from ._io import atomic_write, atomic_write_json
+from ._timing import capture_inputs, fixed_threads, interleaved_times, median_ms, paired_ratio
+from .autotune import dense_like, describe_layer, layer_key, tunable
+from .convert import set_submodule
+from .export import prepare_for_export
+from .pooling import backend_names, select_backend
+from .reporting import format_table, relative_error
+from .runtimes import check_target, cpu_flags, cpu_name
+
+__all__ = ["LayerDecision", "Deployment", "deploy", "TOLERANCE"]
+
+#: relative Frobenius error of the runtime's output against PyTorch float32 that counts as
+#: "the same function" at each precision (int8 changes the function: its accuracy is measured)
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "int8": None}
+
+
+@dataclass
+class LayerDecision:
+    """How one decomposed layer runs in the target, with the times that decided it."""
+
+    name: str
+    layer: str
+    input_shape: tuple[int, ...]
+    choice: str  # "decomposed" or "dense"
+    pool: str  # the sum-pool lowering kept ('-' when dense)
+    # {"dense_over_decomposed": whole-model time with this layer's group dense / decomposed}
+    times_ms: dict[str, float]
+    measured_as: str | None = None  # the first layer of its group of identical layers
+
+
+@dataclass
+class Deployment:
+    """The model as deployed in ``runtime`` at ``precision``, with every decision; ``print()`` it."""
+
+    model: nn.Module
+    runtime: str
+    precision: str
+    threads: int
+    input_shape: tuple[int, ...]
+    layers: list[LayerDecision] = field(default_factory=list)
+    whole_model: dict | None = None
+    rel_error: float | None = None  # runtime output vs PyTorch float32, on a fresh input
+    seconds: float = 0.0
+    lowering: dict | None = None  # {"channel", "spatial"}: the sum-pool backends pinned
+    failed: dict = field(default_factory=dict)  # lowering candidates the runtime refused, and why
+    calibration: list[Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def dense_layers(self) -> list[str]:
+        return [d.name for d in self.layers if d.choice == "dense"]
+
+    def to_dict(self) -> dict:
+        return {
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "threads": self.threads,
+            "input_shape": list(self.input_shape),
+            "cpu": cpu_name(),
+            "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512", "avx_vnni"))),
+            "torch": torch.__version__,
+            "rel_error_vs_torch_fp32": self.rel_error,
+            "tolerance": TOLERANCE[self.precision],
+            "whole_model": self.whole_model,
+            "lowering": self.lowering,
+            "failed": self.failed,
+            "seconds": self.seconds,
+            "layers": [asdict(d) for d in self.layers],
+        }
+
+    def __str__(self) -> str:
+        rows = [("layer", "shape", "input", "model time, group dense / decomposed", "runs as")]
+        for d in self.layers:
+            runs = "dense" if d.choice == "dense" else f"decomposed ({d.pool})"
+            ratio = d.times_ms.get("dense_over_decomposed")
+            measured = f"{ratio:.3f}" if ratio is not None else "-"
+            if d.measured_as:
+                measured = f"(with {d.measured_as})"
+            rows.append((d.name, d.layer, "x".join(map(str, d.input_shape)), measured, runs))
+        n_dense = len(self.dense_layers)
+        head = (
+            f"Deployment for {self.runtime} at {self.precision} ({self.threads} thread(s), input "
+            f"{'x'.join(map(str, self.input_shape))}, {cpu_name()}): {len(self.layers) - n_dense} layers "
+            f"decomposed, {n_dense} run as recomposed dense kernels"
+        )
+        tail = []
+        if self.whole_model:
+            w = self.whole_model
+            tail.append(
+                f"whole model in {self.runtime} ({w['rounds']} interleaved rounds): "
+                f"deployed {w['deployed_ms']:.3f} ms, dense {w['dense_ms']:.3f} ms, "
+                f"speed-up {w['speedup']:.2f}x (median per-round ratio)"
+                f" -> ships {'as decided per layer' if w['choice'] == 'per_layer' else 'every layer dense'}"
+            )
+        if self.rel_error is not None:
+            tail.append(f"output vs PyTorch float32: relative error {self.rel_error:.2e}")
+        return "\n".join([head, format_table(rows), *tail])
+
+    def save(self, directory, name: str, *, overwrite: bool = False) -> dict[str, list[str] | str]:
+        """Write ``name<suffix>`` (the runtime's artifact), ``name.decisions.json`` and
+        ``name.report.txt`` into ``directory``; existing files are kept unless ``overwrite``."""
+        rt = check_target(self.runtime, self.precision)
+        out = v.path(directory, "output_dir")
+        v.text(name, "name")
+        artifact = out / f"{name}{rt.suffix}"
+        decisions, report = out / f"{name}.decisions.json", out / f"{name}.report.txt"
+        taken = [str(p) for p in (artifact, decisions, report) if p.exists()]
+        if taken and not overwrite:
+            raise v.ArgumentError(
+                "{files} already exist(s); pass {overwrite} to replace, or choose another {output_dir} or {name}",
+                files=", ".join(taken),
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        example = torch.randn(*self.input_shape)
+        files = rt.save(self.model, example, self.precision, artifact, self.calibration)
+        atomic_write_json(dict(self.to_dict(), files=files), decisions, indent=1)
+        text = str(self)
+        atomic_write(report, lambda f: f.write(text + "\n"), "w")
+        return {"artifact": files, "decisions": str(decisions), "report": str(report)}
+
+
+def _timed(rt, models: dict[str, nn.Module], x, precision, threads, calibration, rounds):
+    """Per-round ms of each model built in the runtime, interleaved."""
+    fns = {k: rt.build(m, x, precision, threads, calibration) for k, m in models.items()}
+    return interleaved_times({k: (lambda f=f: f(x)) for k, f in fns.items()}, warmup=3, repeats=rounds, min_time_s=0.3)
+
+
+def _with(model: nn.Module, inputs, dense: set[str], lowering: tuple[str | None, str | None]) -> nn.Module:
+    """A copy of ``model`` with the layers in ``dense`` recomposed and the sum-pools pinned."""
+    from .layers import set_sum_pool_backends
+
+    out = copy.deepcopy(model)
+    for name in dense:
+        set_submodule(out, name, dense_like(out.get_submodule(name), inputs[name]))
+    set_sum_pool_backends(out, channel=lowering[0], spatial=lowering[1])
+    return out
+
+
+def deploy(
+    model: nn.Module,
+    example_input: Tensor,
+    *,
+    runtime: str = "openvino",
+    precision: str = "fp32",
+    threads: int | None = None,
+    calibration: Sequence[Tensor] | None = None,
+    rounds: int = 9,
+    whole_model_rounds: int = 15,
+    search: bool | None = None,
+    verbose: bool = False,
+) -> Deployment:
+    """Choose, by measuring in ``runtime`` at ``precision``, how each decomposed layer runs.
+
+    ``model`` may be structured (it is decomposed) or decomposed; BatchNorm is folded.
+    ``example_input`` fixes the deployed input shape.  ``calibration``: input batches for int8
+    (post-training quantization statistics; ``[example_input]`` when omitted, which is fit for
+    timing, not for accuracy).
+
+    Every measurement is of the whole model in the runtime, since a layer timed alone misses
+    the layout conversions around it (OpenVINO: a channel-axis MatMul that wins alone costs
+    the model 1.6x in Reorders).  The search, in that order:
+
+    1. the channel sum-pool lowering, then the spatial one, each tried for all pools at once;
+    2. per group of identical layers (same shape, options and input), decomposed against
+       recomposed dense, the group switched only where the model gets faster (median of
+       per-round ratios, candidate and current interleaved);
+    3. the result against the all-dense model; it ships all-dense unless faster.
+
+    ``search=None`` runs steps 1-2 where the runtime builds a model in about a second
+    (``Runtime.lowerings == "all"``), and only step 3 for ``compile`` (an Inductor compile per
+    candidate); ``True``/``False`` force it.  Returns a :class:`Deployment` whose ``model`` is
+    the PyTorch form of what was chosen.
+    """
+    rt = check_target(runtime, precision)
+    if not isinstance(example_input, Tensor) or example_input.dim() < 2:
+        raise v.ArgumentError(
+            "{example_input} must be a batched tensor, got {value}", value=type(example_input).__name__
+        )
+    v.integer(rounds, "rounds", low=1)
+    v.integer(whole_model_rounds, "whole_model_rounds", low=1)
+    calibration = list(calibration) if calibration is not None else None
+    if calibration is not None and not calibration:
+        raise v.ArgumentError("{calibration} is empty; give at least one input batch or None")
+    if search is None:
+        search = rt.lowerings == "all"
+    start = time.perf_counter()
+    model = prepare_for_export(copy.deepcopy(model).eval())
+    names = [n for n, m in model.named_modules() if tunable(m) and n]
+    if not names:
+        raise v.ArgumentError("{model} has no decomposed or structured layers to deploy; structurize it first")
+    x = example_input.detach().float().cpu()
+    log = (lambda msg: print(f"[deploy] {msg}", flush=True)) if verbose else (lambda msg: None)
+    with fixed_threads(threads) as n_threads, torch.no_grad():
+        try:
+            model(x)
+        except (RuntimeError, ValueError) as err:
+            raise v.ArgumentError(
+                "the model cannot run on {example_input} of shape {shape} ({why})",
+                shape=tuple(x.shape),
+                why=(str(err).strip().splitlines() or [type(err).__name__])[0],
+            ) from None
+        inputs = capture_inputs(model, x, names)
+        names = [n for n in names if n in inputs]
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            groups.setdefault(layer_key(model.get_submodule(name), inputs[name], n_threads), []).append(name)
+        dense: set[str] = set()
+        lowering: tuple[str | None, str | None] = (None, None)
+        group_times: dict[str, dict[str, float]] = {}
+        failed: dict[str, str] = {}
+
+        def compare(candidate_dense, candidate_lowering) -> float | None:
+            """Per-round median ratio candidate / current, or None when the runtime refuses it."""
+            try:
+                t = _timed(
+                    rt,
+                    {
+                        "current": _with(model, inputs, dense, lowering),
+                        "candidate": _with(model, inputs, candidate_dense, candidate_lowering),
+                    },
+                    x,
+                    precision,
+                    n_threads,
+                    calibration,
+                    rounds,
+                )
+            except Exception as err:  # noqa: BLE001 - a lowering the runtime cannot take is skipped
+                failed[str(candidate_lowering)] = f"{type(err).__name__}: {str(err).strip()[:160]}"
+                return None
+            return paired_ratio(t["candidate"], t["current"])
+
+        if search:
+            for axis in ("channel", "spatial"):
+                for method in backend_names(axis):
+                    candidate = (method, lowering[1]) if axis == "channel" else (lowering[0], method)
+                    ratio = compare(dense, candidate)
+                    log(f"{axis} pools as {method!r}: {ratio if ratio is None else round(ratio, 3)} x current")
+                    if ratio is not None and ratio < 1.0:
+                        lowering = candidate
+            for key, members in groups.items():
+                ratio = compare(dense | set(members), lowering)
+                if ratio is None:
+                    continue
+                group_times[key] = {"dense_over_decomposed": ratio}
+                log(f"{members[0]} (+{len(members) - 1} alike) dense: {ratio:.3f} x decomposed")
+                if ratio < 1.0:
+                    dense |= set(members)
+        deployed = _with(model, inputs, dense, lowering)
+        result = Deployment(deployed, runtime, precision, n_threads, tuple(x.shape), calibration=calibration)
+        result.lowering = {"channel": lowering[0] or "auto", "spatial": lowering[1] or "auto"}
+        result.failed = failed
+        for key, members in groups.items():
+            for name in members:
+                layer = model.get_submodule(name)
+                choice = "dense" if name in dense else "decomposed"
+                pool = "-" if choice == "dense" else _pool_of(deployed.get_submodule(name), inputs[name])
+                result.layers.append(
+                    LayerDecision(
+                        name,
+                        describe_layer(layer),
+                        tuple(inputs[name].shape),
+                        choice,
+                        pool,
+                        group_times.get(key, {}),
+                        members[0] if name != members[0] else None,
+                    )
+                )
+        _check_whole_model(rt, result, inputs, x, calibration, n_threads, whole_model_rounds)
+        check = torch.randn_like(x)
+        got = rt.build(result.model, x, precision, n_threads, calibration)(check)
+        result.rel_error = relative_error(got.float(), result.model(check).float())
+    tol = TOLERANCE[precision]
+    if tol is not None and not result.rel_error <= tol:
+        raise ValueError(
+            f"{runtime} at {precision}: output differs from PyTorch by relative error {result.rel_error:.2e} > {tol:g}"
+        )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _pool_of(layer: nn.Module, x: Tensor) -> str:
+    """The sum-pool backends ``layer`` runs on ``x``: ``'<channel>+<spatial>'``."""
+    from .layers import DecomposedConvNd
+
+    if not isinstance(layer, DecomposedConvNd):
+        return "-"
+    spec = layer.pool.spec
+    channel = select_backend("channel", spec, x, layer.pool.channel_method).name if spec.channel_window > 1 else "-"
+    return f"{channel}+{select_backend('spatial', spec, x, layer.pool.spatial_method).name}"
+
+
+def _check_whole_model(rt, result: Deployment, inputs, x, calibration, threads, rounds) -> None:
+    """Time the deployed model against the all-dense one in the runtime, interleaved; ship
+    all-dense unless the deployed one is faster (median per-round ratio below 1)."""
+    decomposed = [d for d in result.layers if d.choice == "decomposed"]
+    dense = copy.deepcopy(result.model)
+    for d in decomposed:
+        set_submodule(dense, d.name, dense_like(dense.get_submodule(d.name), inputs[d.name]))
+    if not decomposed:
+        result.whole_model = None
+        return
+    times = _timed(rt, {"deployed": result.model, "dense": dense}, x, result.precision, threads, calibration, rounds)
+    ratio = paired_ratio(times["deployed"], times["dense"])
+    # ties go to dense: the deployed model must never be slower than the dense one
+    choice = "per_layer" if ratio < 1.0 else "all_dense"
+    result.whole_model = {
+        "deployed_ms": median_ms(times["deployed"]),
+        "dense_ms": median_ms(times["dense"]),
+        "speedup": 1.0 / ratio,
+        "rounds": len(times["deployed"]),
+        "choice": choice,
+    }
+    if choice == "all_dense":
+        result.model = dense
+        for d in decomposed:
+            d.choice, d.pool = "dense", "-"
+
+
+def load_decisions(path) -> dict:
+    """The decisions file :meth:`Deployment.save` wrote (a dict), for reports and checks."""
+    return json.loads(Path(path).read_text())
