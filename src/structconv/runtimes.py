@@ -215,23 +215,45 @@ def _pt2e_int8(model: nn.Module, example: Tensor, calibration) -> nn.Module:
         get_default_x86_inductor_quantization_config,
     )
 
-    exported = torch.export.export(copy.deepcopy(model).eval(), (example,)).module()
+    # strict (TorchDynamo) export: it records each call's source, so a ReLU module called twice
+    # (every torchvision/CIFAR BasicBlock) stays two partitions; torch 2.14's non-strict export
+    # groups them by module name and X86InductorQuantizer raises "more than one output node"
+    exported = torch.export.export(copy.deepcopy(model).eval(), (example,), strict=True).module()
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
-        for x in calibration or [example]:
+        for x in _rebatch(calibration or [example], example.shape[0]):
             prepared(x)
     return convert_pt2e(prepared)
 
 
+def _rebatch(batches: Sequence[Tensor], size: int) -> list[Tensor]:
+    """The calibration images in batches of ``size``: the exported graph is specialized to the
+    example's batch size, so a last, smaller batch would fail its shape guard."""
+    images = torch.cat(list(batches))
+    if len(images) < size:
+        images = images.repeat((size + len(images) - 1) // len(images), *[1] * (images.dim() - 1))
+    return list(images[: len(images) - len(images) % size].split(size))
+
+
 def _build_compile(model, example, precision, threads, calibration=None) -> Compiled:
     if precision == "int8":
-        m, dtype = _pt2e_int8(model, example, calibration), torch.float32
+        from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+
+        # torchao's own x86 lowering: Inductor's freezing passes, which fuse each
+        # dequantize-conv-quantize into one oneDNN int8 conv (with its ReLU / add).
+        # torch.compile(freezing=True) of the same graph raises UnsupportedOperatorException
+        # (onednn.qconv_prepack) with torch 2.14 + torchao 0.18, and Inductor refuses the lowered
+        # graph ("packed_weight must be a graph constant"), so it runs as lowered.
+        q = _pt2e_int8(model, example, calibration)
+        with torch.no_grad():
+            compiled = lower_pt2e_quantized_to_x86(q, (example,))
+        dtype = torch.float32
     else:
         m, dtype = _cast(model, precision)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        compiled = torch.compile(m, options={"freezing": True}, dynamic=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = torch.compile(m, options={"freezing": True}, dynamic=False)
 
     def run(x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -268,7 +290,7 @@ register_runtime(
 register_runtime(
     Runtime(
         "compile",
-        "torch.compile (Inductor, frozen weights); int8 by PT2E + X86InductorQuantizer",
+        "torch.compile (Inductor, frozen weights); int8 by PT2E + X86InductorQuantizer, lowered to oneDNN",
         ("fp32", "bf16", "int8"),
         ("torch", "torchao"),
         "deploy",
@@ -381,7 +403,7 @@ def _ov_model(model: nn.Module, example: Tensor, precision: str, calibration):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             converted = nncf.quantize(
-                converted, nncf.Dataset(arrays), subset_size=sum(a.shape[0] for a in arrays), fast_bias_correction=True
+                converted, nncf.Dataset(arrays), subset_size=len(arrays), fast_bias_correction=True
             )
     return converted
 
@@ -452,10 +474,12 @@ def _executorch_program(model: nn.Module, example: Tensor):
 def _build_executorch(model, example, precision, threads, calibration=None) -> Compiled:
     from executorch.runtime import Runtime as EtRuntime
 
-    program = EtRuntime.get().load_program(_executorch_program(model, example).buffer)
+    # the loaded program points into ``buffer`` without owning it: keep both alive with ``run``
+    buffer = _executorch_program(model, example).buffer
+    program = EtRuntime.get().load_program(buffer)
     method = program.load_method("forward")
 
-    def run(x: Tensor) -> Tensor:
+    def run(x: Tensor, _keep=(buffer, program)) -> Tensor:
         return method.execute([x.float().contiguous()])[0]
 
     return run
