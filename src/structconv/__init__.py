@@ -14,7 +14,6 @@ from importlib.metadata import version as _version
 
 from .basis import CompositeBasis, StructuredBasis
 from .calibration import CalibrationReport, calibrate_
-from .finetuning import finetune_from_dense
 from .complexity import OpsReport, count_ops
 from .convert import (
     DEFAULT_TOLERANCE,
@@ -27,6 +26,8 @@ from .convert import (
     restructure_,
     structurize,
 )
+from .deployment import Deployment, deploy
+from .finetuning import finetune_from_dense
 from .functional import box_sum, structured_conv, sum_pool
 from .layers import (
     CompositeConv1d,
@@ -88,6 +89,8 @@ __all__ = [
     "StructuredLayer",
     "StructuredLinear",
     "SumPool",
+    "deploy",
+    "Deployment",
     "structural_regularization",
     "structure_errors",
     "load",

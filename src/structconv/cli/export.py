@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data import DATASETS
+from ..runtimes import PRECISIONS, RUNTIMES
 from ._args import CommandError, finite_float, name_list, path_arg, positive_int
 
 __all__ = ["get_args_parser", "main", "ARGUMENT_FLAGS"]
@@ -45,6 +47,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=("onnx", "torchscript"),
         help="comma-separated: onnx, torchscript, openvino (IR with 1x1-conv channel pools)",
     )
+    p.add_argument(
+        "--runtime",
+        choices=tuple(RUNTIMES),
+        default=None,
+        help="write the deployment artifact for this runtime instead of --format: each layer's form "
+        "(decomposed in a sum-pool lowering, or recomposed dense) measured there, never slower than dense",
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --runtime (default fp32)")
+    p.add_argument(
+        "--calibration-dataset",
+        choices=DATASETS,
+        default=None,
+        help="with --precision int8: the dataset whose training images calibrate the quantization",
+    )
+    p.add_argument("--data-path", type=path_arg, default="data", help="with --calibration-dataset (default ./data)")
+    p.add_argument("--calibration-images", type=positive_int, default=512, help="int8 calibration images (default 512)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter first")
     p.add_argument(
@@ -94,10 +112,61 @@ def _source(args):
     return structured, stem, input_size_for(args.arch, args.image_size)
 
 
+def _calibration(args, size) -> list | None:
+    """int8 calibration batches from ``--calibration-dataset`` (checked before any work)."""
+    if args.precision != "int8":
+        if args.calibration_dataset:
+            raise CommandError("--calibration-dataset applies to --precision int8")
+        return None
+    if not args.calibration_dataset:
+        raise CommandError("--precision int8 needs --calibration-dataset (the images that set the int8 ranges)")
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from ..data import build_datasets
+
+    train_ds, _, _ = build_datasets(args.calibration_dataset, args.data_path, image_size=size[1], in_chans=size[0])
+    n = min(args.calibration_images, len(train_ds))
+    idx = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    return [x for x, _ in DataLoader(Subset(train_ds, idx), batch_size=max(args.batch, 32))]
+
+
+def _deploy(args, model, stem, size) -> int:
+    import torch
+
+    from ..deployment import deploy
+    from ..runtimes import check_target
+
+    if tuple(args.format) != ("onnx", "torchscript"):
+        raise CommandError("--format and --runtime are exclusive: --runtime writes that runtime's artifact")
+    rt = check_target(args.runtime, args.precision)  # one line before any work: missing package or ISA flag
+    out = Path(args.output)
+    taken = [str(p) for p in (out / f"{stem}{rt.suffix}", out / f"{stem}.decisions.json") if p.exists()]
+    if taken and not args.overwrite:  # before the search, which takes minutes
+        raise CommandError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace them")
+    calibration = _calibration(args, size)
+    example = torch.randn(args.batch, *size)
+    deployment = deploy(
+        model, example, runtime=args.runtime, precision=args.precision, threads=args.threads, calibration=calibration
+    )
+    files = deployment.save(out, stem, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(dict(deployment.to_dict(), files=files), indent=1))
+    else:
+        print(deployment)
+        print(f"{args.runtime} artifact: {', '.join(files['artifact'])}")
+        print(f"decisions: {files['decisions']}; report: {files['report']}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     from ..export import export_model
 
+    if not args.runtime and (args.precision != "fp32" or args.calibration_dataset):
+        raise CommandError("--precision and --calibration-dataset apply to --runtime")
     model, stem, size = _source(args)
+    if args.runtime:
+        return _deploy(args, model, stem, size)
     summary = export_model(
         model,
         size,
