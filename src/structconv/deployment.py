@@ -38,7 +38,7 @@ from .convert import set_submodule
 from .export import prepare_for_export
 from .pooling import backend_names, select_backend
 from .reporting import format_table, relative_error
-from .runtimes import check_target, cpu_flags, cpu_name
+from .runtimes import check_target, cpu_flags, cpu_name, default_precision
 
 __all__ = ["LayerDecision", "Deployment", "deploy", "TOLERANCE"]
 
@@ -81,6 +81,14 @@ class Deployment:
     @property
     def dense_layers(self) -> list[str]:
         return [d.name for d in self.layers if d.choice == "dense"]
+
+    def dense_model(self) -> nn.Module:
+        """The same function with every layer recomposed dense: the reference to time against."""
+        example = torch.randn(*self.input_shape)
+        names = [n for n, m in self.model.named_modules() if tunable(m) and n]
+        with torch.no_grad():
+            inputs = capture_inputs(self.model, example, names)
+        return _with(self.model, inputs, set(inputs), (None, None))
 
     def to_dict(self) -> dict:
         return {
@@ -137,15 +145,21 @@ class Deployment:
             tail.append(f"output vs PyTorch float32: relative error {self.rel_error:.2e}")
         return "\n".join([head, format_table(rows), *tail])
 
-    def save(self, directory, name: str, *, overwrite: bool = False) -> dict[str, list[str] | str]:
+    def save(
+        self, directory, name: str, *, overwrite: bool = False, reference: bool = True
+    ) -> dict[str, list[str] | str]:
         """Write ``name<suffix>`` (the runtime's artifact), ``name.decisions.json`` and
-        ``name.report.txt`` into ``directory``; existing files are kept unless ``overwrite``."""
+        ``name.report.txt`` into ``directory``, and with ``reference`` ``name.dense<suffix>``: the
+        same model recomposed dense, built the same way, so the speed-up can be timed outside
+        structconv.  Existing files are kept unless ``overwrite``."""
         rt = check_target(self.runtime, self.precision)
         out = v.path(directory, "output_dir")
         v.text(name, "name")
         artifact = out / f"{name}{rt.suffix}"
+        dense_artifact = out / f"{name}.dense{rt.suffix}"
         decisions, report = out / f"{name}.decisions.json", out / f"{name}.report.txt"
-        taken = [str(p) for p in (artifact, decisions, report) if p.exists()]
+        planned = (artifact, decisions, report) + ((dense_artifact,) if reference else ())
+        taken = [str(p) for p in planned if p.exists()]
         if taken and not overwrite:
             raise v.ArgumentError(
                 "{files} already exist(s); pass {overwrite} to replace, or choose another {output_dir} or {name}",
@@ -154,10 +168,13 @@ class Deployment:
         out.mkdir(parents=True, exist_ok=True)
         example = torch.randn(*self.input_shape)
         files = rt.save(self.model, example, self.precision, artifact, self.calibration)
-        atomic_write_json(dict(self.to_dict(), files=files), decisions, indent=1)
+        saved = {"artifact": files}
+        if reference:
+            saved["dense"] = rt.save(self.dense_model(), example, self.precision, dense_artifact, self.calibration)
+        atomic_write_json(dict(self.to_dict(), files=saved), decisions, indent=1)
         text = str(self)
         atomic_write(report, lambda f: f.write(text + "\n"), "w")
-        return {"artifact": files, "decisions": str(decisions), "report": str(report)}
+        return dict(saved, decisions=str(decisions), report=str(report))
 
 
 def _timed(rt, models: dict[str, nn.Module], x, precision, threads, calibration, rounds):
@@ -182,7 +199,7 @@ def deploy(
     example_input: Tensor,
     *,
     runtime: str = "openvino",
-    precision: str = "fp32",
+    precision: str | None = None,
     threads: int | None = None,
     calibration: Sequence[Tensor] | None = None,
     rounds: int = 9,
@@ -193,9 +210,11 @@ def deploy(
     """Choose, by measuring in ``runtime`` at ``precision``, how each decomposed layer runs.
 
     ``model`` may be structured (it is decomposed) or decomposed; BatchNorm is folded.
-    ``example_input`` fixes the deployed input shape.  ``calibration``: input batches for int8
-    (post-training quantization statistics; ``[example_input]`` when omitted, which is fit for
-    timing, not for accuracy).
+    ``example_input`` fixes the deployed input shape.  ``precision``: fp32, bf16 or int8; None
+    is the runtime's own default on this CPU (:func:`~structconv.runtimes.default_precision`:
+    bf16 for OpenVINO on AMX CPUs, the precision a plain ``compile_model`` runs it in).
+    ``calibration``: input batches for int8 (post-training quantization statistics;
+    ``[example_input]`` when omitted, which is fit for timing, not for accuracy).
 
     Every measurement is of the whole model in the runtime, since a layer timed alone misses
     the layout conversions around it (OpenVINO: a channel-axis MatMul that wins alone costs
@@ -212,6 +231,8 @@ def deploy(
     candidate); ``True``/``False`` force it.  Returns a :class:`Deployment` whose ``model`` is
     the PyTorch form of what was chosen.
     """
+    if precision is None:
+        precision = default_precision(runtime)
     rt = check_target(runtime, precision)
     if not isinstance(example_input, Tensor) or example_input.dim() < 2:
         raise v.ArgumentError(

@@ -134,6 +134,19 @@ def get_runtime(name: str) -> Runtime:
     return RUNTIMES[name]
 
 
+def default_precision(runtime: str) -> str:
+    """The precision ``runtime`` runs a model in when nobody asks for one: OpenVINO's CPU plugin
+    picks bf16 on CPUs with AMX (its ``INFERENCE_PRECISION_HINT`` default), so a plain
+    ``ov.Core().compile_model(xml)`` runs the artifact in bf16 there; every other runtime fp32."""
+    rt = get_runtime(runtime)
+    if runtime == "openvino" and rt.available():
+        import openvino as ov
+
+        hint = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+        return "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
+    return "fp32"
+
+
 def check_target(runtime: str, precision: str) -> Runtime:
     """The :class:`Runtime` for ``runtime`` after checking that it is installed and that this
     CPU runs ``precision`` there; one-line ``ValueError`` / :class:`RuntimeUnavailable` otherwise."""

@@ -54,7 +54,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="write the deployment artifact for this runtime instead of --format: each layer's form "
         "(decomposed in a sum-pool lowering, or recomposed dense) measured there, never slower than dense",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="with --runtime (default fp32)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="with --runtime (default: the runtime's own on this CPU: bf16 for openvino on AMX CPUs, "
+        "as a plain compile_model runs it; fp32 otherwise)",
+    )
     p.add_argument(
         "--calibration-dataset",
         choices=DATASETS,
@@ -112,14 +117,18 @@ def _source(args):
     return structured, stem, input_size_for(args.arch, args.image_size)
 
 
-def _calibration(args, size) -> list | None:
-    """int8 calibration batches from ``--calibration-dataset`` (checked before any work)."""
-    if args.precision != "int8":
-        if args.calibration_dataset:
-            raise CommandError("--calibration-dataset applies to --precision int8")
-        return None
-    if not args.calibration_dataset:
+def _check_calibration_flags(args) -> None:
+    if args.precision != "int8" and args.calibration_dataset:
+        raise CommandError("--calibration-dataset applies to --precision int8")
+    if args.precision == "int8" and not args.calibration_dataset:
         raise CommandError("--precision int8 needs --calibration-dataset (the images that set the int8 ranges)")
+
+
+def _calibration(args, size) -> list | None:
+    """int8 calibration batches from ``--calibration-dataset``."""
+    _check_calibration_flags(args)
+    if args.precision != "int8":
+        return None
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -135,13 +144,17 @@ def _deploy(args, model, stem, size) -> int:
     import torch
 
     from ..deployment import deploy
-    from ..runtimes import check_target
+    from ..runtimes import check_target, default_precision
 
     if tuple(args.format) != ("onnx", "torchscript"):
         raise CommandError("--format and --runtime are exclusive: --runtime writes that runtime's artifact")
+    if args.precision is None:
+        args.precision = default_precision(args.runtime)
     rt = check_target(args.runtime, args.precision)  # one line before any work: missing package or ISA flag
+    _check_calibration_flags(args)
     out = Path(args.output)
-    taken = [str(p) for p in (out / f"{stem}{rt.suffix}", out / f"{stem}.decisions.json") if p.exists()]
+    planned = (out / f"{stem}{rt.suffix}", out / f"{stem}.dense{rt.suffix}", out / f"{stem}.decisions.json")
+    taken = [str(p) for p in planned if p.exists()]
     if taken and not args.overwrite:  # before the search, which takes minutes
         raise CommandError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace them")
     calibration = _calibration(args, size)
@@ -155,6 +168,7 @@ def _deploy(args, model, stem, size) -> int:
     else:
         print(deployment)
         print(f"{args.runtime} artifact: {', '.join(files['artifact'])}")
+        print(f"dense reference (the same model recomposed, to time against): {', '.join(files['dense'])}")
         print(f"decisions: {files['decisions']}; report: {files['report']}")
     return 0
 
@@ -162,7 +176,7 @@ def _deploy(args, model, stem, size) -> int:
 def main(args: argparse.Namespace) -> int:
     from ..export import export_model
 
-    if not args.runtime and (args.precision != "fp32" or args.calibration_dataset):
+    if not args.runtime and (args.precision is not None or args.calibration_dataset):
         raise CommandError("--precision and --calibration-dataset apply to --runtime")
     model, stem, size = _source(args)
     if args.runtime:

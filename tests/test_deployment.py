@@ -1,0 +1,222 @@
+"""Per-runtime deployment (structconv.runtimes, structconv.deployment): the deployed artifact
+computes the structured model's function in every runtime and precision, within the stated
+tolerance; decisions are saved; refusals are one line.  No wall-clock time is asserted."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import structconv as sc
+from structconv import runtimes
+from structconv.deployment import TOLERANCE, deploy
+from structconv.export import prepare_for_export
+from structconv.reporting import relative_error
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    dense = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, stride=2),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    with torch.no_grad():
+        for m in dense.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return sc.structurize(dense.eval(), 2.0).eval()
+
+
+def _precisions(rt):
+    flags = runtimes.cpu_flags()
+    out = []
+    for p in rt.precisions:
+        need = runtimes._ISA.get(p)
+        if need is None or not flags or flags & set(need):
+            out.append(p)
+    return out
+
+
+CASES = [(name, p) for name, rt in runtimes.RUNTIMES.items() if rt.available() for p in _precisions(rt)]
+
+
+def test_dev_install_has_the_deployment_runtimes():
+    # the dev extra installs them: a missing one must fail here, not skip silently below
+    for name in ("eager", "onnxruntime", "openvino", "compile"):
+        assert runtimes.RUNTIMES[name].available(), name
+
+
+@pytest.mark.parametrize("runtime,precision", [c for c in CASES if c[0] != "compile"])
+def test_deployed_artifact_matches_pytorch_within_the_stated_tolerance(runtime, precision, tmp_path):
+    model = _tiny()
+    x = torch.randn(4, 3, 16, 16)
+    calibration = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    d = deploy(
+        model,
+        x,
+        runtime=runtime,
+        precision=precision,
+        threads=1,
+        rounds=1,
+        whole_model_rounds=1,
+        calibration=calibration if precision == "int8" else None,
+    )
+    # whatever was chosen per layer, the PyTorch form is the structured model's function (float64)
+    ref, got = prepare_for_export(model).double(), d.model.double()
+    xd = x.double()
+    with torch.no_grad():
+        assert relative_error(got(xd), ref(xd)) < 1e-6  # recomposed kernels are rounded to float32 once
+    d.model.float()
+    tol = TOLERANCE[precision]
+    if tol is not None:
+        assert d.rel_error <= tol
+    else:  # int8 changes the function: bounded, not exact
+        assert d.rel_error < 0.25
+    dense = d.dense_model().double()
+    assert not any(isinstance(m, sc.DecomposedLayer) for m in dense.modules())
+    with torch.no_grad():  # the reference to time against is the same function, every layer dense
+        assert relative_error(dense(xd), ref(xd)) < 1e-6
+    d.model.float()
+    files = d.save(tmp_path, "m")
+    assert all(__import__("pathlib").Path(f).stat().st_size > 0 for f in files["artifact"] + files["dense"])
+    saved = json.loads(open(files["decisions"]).read())
+    assert saved["runtime"] == runtime and saved["precision"] == precision
+    assert {entry["name"] for entry in saved["layers"]} == {
+        n for n, m in d.model.named_modules() if n in {e.name for e in d.layers}
+    }
+    assert "Deployment for" in open(files["report"]).read()
+    with pytest.raises(ValueError, match="already exist"):
+        d.save(tmp_path, "m")
+
+
+def test_default_precision_is_what_the_runtime_runs_unasked():
+    import openvino as ov
+
+    hint = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    assert runtimes.default_precision("openvino") == ("bf16" if "bf" in hint else "fp32")
+    assert runtimes.default_precision("onnxruntime") == "fp32"
+    for name in runtimes.RUNTIMES:
+        assert runtimes.default_precision(name) in runtimes.RUNTIMES[name].precisions
+
+
+def test_whole_model_check_never_ships_a_model_measured_slower(monkeypatch):
+    # a runtime whose decomposed form is made slow on purpose must ship all-dense
+    import time
+
+    from structconv.layers import DecomposedLayer
+
+    def slow_build(model, example, precision, threads, calibration=None):
+        slow = any(isinstance(m, DecomposedLayer) for m in model.modules())
+
+        def run(x):
+            if slow:
+                time.sleep(0.002)
+            with torch.no_grad():
+                return model(x)
+
+        return run
+
+    fake = runtimes.Runtime("slowdec", "test", ("fp32",), ("torch",), "deploy", slow_build, lambda *a: [], ".x")
+    monkeypatch.setitem(runtimes.RUNTIMES, "slowdec", fake)
+    d = deploy(_tiny(), torch.randn(2, 3, 16, 16), runtime="slowdec", rounds=3, whole_model_rounds=3)
+    assert all(layer.choice == "dense" for layer in d.layers)
+    assert not any(isinstance(m, DecomposedLayer) for m in d.model.modules())
+    assert d.whole_model["choice"] == "all_dense" and d.whole_model["speedup"] == 1.0
+
+
+def test_refusals_are_one_line(monkeypatch):
+    with pytest.raises(ValueError, match="runtime='tensorflow' is not one of"):
+        runtimes.check_target("tensorflow", "fp32")
+    with pytest.raises(ValueError, match="not offered by runtime 'eager'"):
+        runtimes.check_target("eager", "int8")
+    fake = runtimes.Runtime("absent", "test", ("fp32",), ("no_such_package_xyz",), "deploy", None, None, ".x")
+    monkeypatch.setitem(runtimes.RUNTIMES, "absent", fake)
+    with pytest.raises(runtimes.RuntimeUnavailable, match=r"pip install 'structconv\[deploy\]'"):
+        runtimes.check_target("absent", "fp32")
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"sse2", "avx2"}))
+    with pytest.raises(ValueError, match="amx_bf16, avx512_bf16"):
+        runtimes.check_target("openvino", "bf16")
+
+
+@pytest.mark.slow
+def test_export_cli_writes_the_openvino_deployment(tmp_path, capsys):
+    from structconv.cli import main
+
+    args = ["export", "--arch", "cifar_resnet20", "--struct", "A", "--runtime", "openvino", "-o", str(tmp_path)]
+    assert main([*args, "--batch", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "whole model in openvino" in out or "0 layers decomposed" in out
+    assert (tmp_path / "cifar_resnet20_structA.xml").exists() and (tmp_path / "cifar_resnet20_structA.bin").exists()
+    decisions = json.loads((tmp_path / "cifar_resnet20_structA.decisions.json").read_text())
+    # no --precision: decided in the precision a plain compile_model will run it in
+    precision = decisions["precision"]
+    assert precision == runtimes.default_precision("openvino")
+    assert decisions["rel_error_vs_torch_fp32"] <= TOLERANCE[precision]
+    import openvino as ov  # a plain OpenVINO loads the artifact on its own
+
+    core, x = ov.Core(), torch.randn(2, 3, 32, 32).numpy()
+    deployed = core.compile_model(str(tmp_path / "cifar_resnet20_structA.xml"), "CPU")(x)[0]
+    dense = core.compile_model(str(tmp_path / "cifar_resnet20_structA.dense.xml"), "CPU")(x)[0]
+    assert deployed.shape == (2, 10)
+    assert relative_error(torch.from_numpy(deployed), torch.from_numpy(dense)) <= 2 * TOLERANCE[precision]
+    assert main([*args, "--precision", "int8"]) == 2
+    assert "--calibration-dataset" in capsys.readouterr().err
+    assert main(args) == 2  # refused before the search: nothing is overwritten unless asked
+    assert "already exist" in capsys.readouterr().err
+    assert main(args[:5] + ["--precision", "bf16", "-o", str(tmp_path)]) == 2
+    assert "apply to --runtime" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_compile_target_matches_pytorch(precision):
+    model = _tiny()
+    x = torch.randn(2, 3, 16, 16)
+    d = deploy(model, x, runtime="compile", precision=precision, threads=1, whole_model_rounds=1)
+    tol = TOLERANCE[precision]
+    assert d.rel_error <= (tol if tol is not None else 0.25)
+
+
+def test_openvino_int8_runs_the_sum_pool_exactly_in_the_integer_domain():
+    # NNCF quantizes the pool's input like any conv input and its 0/1 kernel to int8; the pool
+    # stays exact in the integer domain when every nonzero weight of an output channel is the
+    # same integer: then it is an int32 sum of the int8 inputs times one per-channel scale.
+    # (NNCF stores 1 as 126 x 1/127: the scale is 0.992, measured here, not assumed to be 1.)
+    import numpy as np
+
+    from structconv.layers import set_sum_pool_backends
+
+    model = prepare_for_export(sc.decompose(_tiny()).eval())
+    set_sum_pool_backends(model, channel="conv", spatial="conv")
+    calibration = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    quantized = runtimes._ov_model(model, calibration[0], "int8", calibration)
+    pools = [
+        op
+        for op in quantized.get_ordered_ops()
+        if "/pool/" in op.get_friendly_name() and op.get_type_name() in ("Convolution", "GroupConvolution")
+    ]
+    assert pools, "no sum-pool convolutions in the exported graph"
+    for op in pools:
+        assert op.input_value(0).get_node().get_type_name() == "FakeQuantize", op.get_friendly_name()
+        scale = op.input_value(1).get_node()  # Multiply(Convert(int8 Constant), scale)
+        assert scale.get_type_name() == "Multiply", op.get_friendly_name()
+        values = [scale.input_value(i).get_node() for i in range(2)]
+        convert = next(n for n in values if n.get_type_name() == "Convert")
+        factor = next(n for n in values if n.get_type_name() == "Constant").get_data()
+        int8 = convert.input_value(0).get_node().get_data()
+        assert int8.dtype == np.int8
+        weights = int8.astype(np.int64).reshape(int8.shape[0], -1)
+        assert weights.min() >= 0 and weights.max() > 0, op.get_friendly_name()
+        for row in weights:  # one integer per output channel: an exact int32 box sum
+            assert len(set(row[row != 0].tolist())) == 1, op.get_friendly_name()
+        dequantized = (int8.astype(np.float64) * factor.astype(np.float64)).reshape(int8.shape[0], -1)
+        np.testing.assert_allclose(dequantized.max(axis=1), 1.0, rtol=0.01)
