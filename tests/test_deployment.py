@@ -220,3 +220,20 @@ def test_openvino_int8_runs_the_sum_pool_exactly_in_the_integer_domain():
             assert len(set(row[row != 0].tolist())) == 1, op.get_friendly_name()
         dequantized = (int8.astype(np.float64) * factor.astype(np.float64)).reshape(int8.shape[0], -1)
         np.testing.assert_allclose(dequantized.max(axis=1), 1.0, rtol=0.01)
+
+
+@pytest.mark.slow
+def test_bench_cli_times_the_deployment_in_the_runtime(capsys):
+    from structconv.cli import main
+
+    args = ["bench", "--arch", "cifar_resnet20", "--struct", "A", "--batch", "2", "--threads", "1", "--repeats", "3"]
+    assert main([*args, "--runtime", "onnxruntime", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["batch"], r["precision"]) for r in rows] == [(2, "fp32")]
+    w = rows[0]["whole_model"]
+    assert w["speedup"] >= 1.0 or w["choice"] == "per_layer"  # all-dense ships unless per-layer was faster
+    assert rows[0]["rel_error_vs_torch_fp32"] <= TOLERANCE["fp32"]
+    assert main([*args, "--runtime", "onnxruntime", "--precision", "bf16"]) == 2
+    assert "not offered by runtime 'onnxruntime'" in capsys.readouterr().err
+    assert main([*args, "--precision", "int8"]) == 2
+    assert "applies to --runtime" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ._args import finite_float, int_list, nonnegative_int, path_arg, positive_int
+from ._args import CommandError, finite_float, int_list, name_list, nonnegative_int, path_arg, positive_int
 
 __all__ = ["get_args_parser", "main", "ARGUMENT_FLAGS"]
 
@@ -70,6 +70,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="also time both models compiled with torch.compile (Inductor, frozen parameters)",
     )
+    p.add_argument(
+        "--runtime",
+        choices=("eager", "compile", "onnxruntime", "openvino", "executorch"),
+        help="instead: deploy in this runtime (structconv.deploy: each layer's form measured there) and "
+        "time the deployed model against the dense model of the same runtime and precision",
+    )
+    p.add_argument(
+        "--precision",
+        type=name_list,
+        default=None,
+        help="with --runtime: comma-separated fp32, bf16, int8 (default: the runtime's own on this CPU); "
+        "int8 calibrates on random inputs, fit for timing, not for accuracy",
+    )
     p.add_argument("--layers", action=argparse.BooleanOptionalAction, default=True, help="print the per-layer table")
     p.add_argument(
         "--malloc",
@@ -84,8 +97,56 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def _bench_runtime(args: argparse.Namespace) -> int:
+    """``--runtime``: one deployment per batch size and precision, each timed against the dense
+    model in that runtime (the whole-model check of :func:`structconv.deploy`)."""
+    from ..runtimes import check_target, default_precision
+
+    if args.device != "cpu" or args.compile or args.onnx:
+        raise CommandError("--runtime times on the CPU in that runtime alone; drop --device/--compile/--onnx")
+    precisions = list(args.precision or [default_precision(args.runtime)])
+    for precision in precisions:
+        check_target(args.runtime, precision)  # one line before any work
+    import torch
+
+    from .._io import json_safe
+    from ..benchmark import build_models, input_size_for
+    from ..deployment import deploy
+
+    size = input_size_for(args.arch, args.image_size)
+    _, structured = build_models(
+        args.arch, struct=args.struct, ratio=args.ratio, num_classes=args.num_classes, seed=args.seed
+    )
+    rows = []
+    for batch in args.batch:
+        for precision in precisions:
+            torch.manual_seed(args.seed)
+            x = torch.randn(batch, *size)
+            d = deploy(
+                structured,
+                x,
+                runtime=args.runtime,
+                precision=precision,
+                threads=args.threads,
+                calibration=[torch.randn(batch, *size) for _ in range(4)] if precision == "int8" else None,
+                whole_model_rounds=args.repeats,
+            )
+            rows.append(dict(d.to_dict(), batch=batch))
+            if not args.json:
+                print(f"== {args.arch}, batch {batch}, {args.runtime} {precision}", flush=True)
+                print(d if args.layers else str(d).splitlines()[-2 if d.rel_error is not None else -1], flush=True)
+    if args.json:
+        print(json.dumps(json_safe({"arch": args.arch, "runtime": args.runtime, "rows": rows}), indent=1))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     from ..benchmark import BenchmarkConfig, format_row, run_benchmark
+
+    if args.precision is not None and not args.runtime:
+        raise CommandError("--precision applies to --runtime")
+    if args.runtime:
+        return _bench_runtime(args)
 
     def show(result, row, tune):
         print(format_row(result, row, tune, layers=args.layers), flush=True)
