@@ -237,3 +237,5 @@ def test_bench_cli_times_the_deployment_in_the_runtime(capsys):
     assert "not offered by runtime 'onnxruntime'" in capsys.readouterr().err
     assert main([*args, "--precision", "int8"]) == 2
     assert "applies to --runtime" in capsys.readouterr().err
+    assert main([*args, "--runtime", "onnxruntime", "--plan", "speed"]) == 2  # refused, not silently ignored
+    assert "--plan" in capsys.readouterr().err

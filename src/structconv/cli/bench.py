@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..runtimes import RUNTIMES
 from ._args import CommandError, finite_float, int_list, name_list, nonnegative_int, path_arg, positive_int
 
 __all__ = ["get_args_parser", "main", "ARGUMENT_FLAGS"]
@@ -72,7 +73,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--runtime",
-        choices=("eager", "compile", "onnxruntime", "openvino", "executorch"),
+        choices=tuple(RUNTIMES),
         help="instead: deploy in this runtime (structconv.deploy: each layer's form measured there) and "
         "time the deployed model against the dense model of the same runtime and precision",
     )
@@ -104,6 +105,9 @@ def _bench_runtime(args: argparse.Namespace) -> int:
 
     if args.device != "cpu" or args.compile or args.onnx:
         raise CommandError("--runtime times on the CPU in that runtime alone; drop --device/--compile/--onnx")
+    if args.plan_by != "preset" or args.layout != "auto" or args.cache is not None or not args.fold_bn:
+        # deploy folds BatchNorm and chooses layers and lowerings itself: these would be ignored
+        raise CommandError("--plan, --layout, --cache and --no-fold-bn apply to the eager bench, not to --runtime")
     precisions = list(args.precision or [default_precision(args.runtime)])
     for precision in precisions:
         check_target(args.runtime, precision)  # one line before any work
