@@ -25,8 +25,8 @@ import structconv as sc
 from structconv._io import atomic_write_json
 from structconv.benchmark import build_models
 from structconv.deploy import fold_batchnorm
-from structconv.layers import set_sum_pool_backends
 from structconv.export import export_model
+from structconv.layers import set_sum_pool_backends
 from structconv.models import default_input_size
 
 
@@ -62,7 +62,9 @@ def breakdown(compiled, x) -> dict[str, float]:
         request.infer({0: x.numpy()})
     totals: dict[str, float] = defaultdict(float)
     for info in request.profiling_info:
-        totals[info.node_type] += info.real_time.total_seconds() * 1e3
+        # the sum-pools' nodes keep their module path (".../conv1/pool/Conv"): count them apart
+        role = " (sum-pool)" if "/pool/" in info.node_name else ""
+        totals[info.node_type + role] += info.real_time.total_seconds() * 1e3
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
@@ -75,6 +77,7 @@ def main() -> None:
     p.add_argument("--precisions", default="f32,bf16")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--channel-methods", default="matmul,conv", help="structconv.pooling.BACKENDS['channel'] names")
+    p.add_argument("--spatial-method", default=None, help="structconv.pooling.BACKENDS['spatial'] name pinned")
     p.add_argument("--json", default=None)
     p.add_argument("--workdir", default="runs/openvino_breakdown", help="where the ONNX files go")
     args = p.parse_args()
@@ -84,7 +87,7 @@ def main() -> None:
     models = {"dense": fold_batchnorm(dense.eval())}
     for method in args.channel_methods.split(","):  # how the channel sum-pool is lowered
         decomposed = fold_batchnorm(sc.decompose(structured.eval()))
-        set_sum_pool_backends(decomposed, channel=method)
+        set_sum_pool_backends(decomposed, channel=method, spatial=args.spatial_method)
         models[f"decomposed_{method}"] = decomposed
     core = ov.Core()
     result = {
@@ -126,7 +129,7 @@ def main() -> None:
         }
         print(json.dumps({k: row[k] for k in ("precision", "median_ms", "speedup", "max_rel_error_vs_torch")}))
         for name in compiled:
-            top = list(row["breakdown_ms"][name].items())[:6]
+            top = list(row["breakdown_ms"][name].items())[:8]
             print(f"  {name}: " + ", ".join(f"{k} {val:.2f} ms" for k, val in top))
         result["rows"].append(row)
     if args.json:

@@ -38,6 +38,8 @@ def load() -> dict:
     for f in sorted(glob.glob(str(RESULTS / "*_b*_*.json"))):
         data = json.loads(Path(f).read_text())
         for row in data.get("rows", []):
+            if "input_shape" not in row:  # pool_bound / openvino_breakdown files: not a deployment
+                continue
             arch = Path(f).name.split("_b")[0]
             key = (arch, row["input_shape"][0], row["runtime"], row["precision"])
             cells[key] = dict(row, command=data["command"], mults_ratio=data.get("mults_ratio"))
