@@ -82,13 +82,14 @@ class Deployment:
     def dense_layers(self) -> list[str]:
         return [d.name for d in self.layers if d.choice == "dense"]
 
-    def dense_model(self) -> nn.Module:
-        """The same function with every layer recomposed dense: the reference to time against."""
-        example = torch.randn(*self.input_shape)
+    def dense_model(self, inputs: dict | None = None) -> nn.Module:
+        """The same function with every layer recomposed dense: the reference to time against.
+        ``inputs``: each layer's input (``capture_inputs``), captured here when not given."""
         names = [n for n, m in self.model.named_modules() if tunable(m) and n]
-        with torch.no_grad():
-            inputs = capture_inputs(self.model, example, names)
-        return _with(self.model, inputs, set(inputs), (None, None))
+        if inputs is None:
+            with torch.no_grad():
+                inputs = capture_inputs(self.model, torch.randn(*self.input_shape), names)
+        return _with(self.model, inputs, set(names), (None, None))
 
     def to_dict(self) -> dict:
         return {
@@ -271,20 +272,30 @@ def deploy(
         group_times: dict[str, dict[str, float]] = {}
         failed: dict[str, str] = {}
 
+        # the current form and the last candidate, built: the current one is compared again and
+        # again until a candidate replaces it, and a build costs seconds (an Inductor compile)
+        builds: dict = {}
+
         def build(dense_set, lowering_pair):
             """The model built in the runtime, or None (the reason kept) when the runtime refuses it."""
-            try:
-                built = rt.build(_with(model, inputs, dense_set, lowering_pair), x, precision, n_threads, calibration)
-                built(x)  # some runtimes build a graph they then fail to run (XNNPACK: error 0x10)
-                return built
-            except Exception as err:  # noqa: BLE001 - a form the runtime cannot take is skipped
-                why = (str(err).strip().splitlines() or [type(err).__name__])[-1][:160]
-                failed[f"lowering={lowering_pair}, dense layers={len(dense_set)}"] = f"{type(err).__name__}: {why}"
-                return None
+            key = (frozenset(dense_set), lowering_pair)
+            if key not in builds:
+                try:
+                    fn = rt.build(_with(model, inputs, dense_set, lowering_pair), x, precision, n_threads, calibration)
+                    fn(x)  # some runtimes build a graph they then fail to run (XNNPACK: error 0x10)
+                    builds[key] = fn
+                except Exception as err:  # noqa: BLE001 - a form the runtime cannot take is skipped
+                    why = (str(err).strip().splitlines() or [type(err).__name__])[-1][:160]
+                    failed[f"lowering={lowering_pair}, dense layers={len(dense_set)}"] = f"{type(err).__name__}: {why}"
+                    builds[key] = None
+            return builds[key]
 
         def compare(candidate_dense, candidate_lowering) -> float | None:
             """Per-round median ratio candidate / current; None when the runtime refuses the
             candidate, 0 when it refuses only the current form (any working form beats it)."""
+            current_key = (frozenset(dense), lowering)
+            for key in [k for k in builds if k != current_key]:
+                del builds[key]  # a candidate that was not adopted
             candidate = build(candidate_dense, candidate_lowering)
             if candidate is None:
                 return None
@@ -363,9 +374,7 @@ def _check_whole_model(rt, result: Deployment, inputs, x, calibration, threads, 
     """Time the deployed model against the all-dense one in the runtime, interleaved; ship
     all-dense unless the deployed one is faster (median per-round ratio below 1)."""
     decomposed = [d for d in result.layers if d.choice == "decomposed"]
-    dense = copy.deepcopy(result.model)
-    for d in decomposed:
-        set_submodule(dense, d.name, dense_like(dense.get_submodule(d.name), inputs[d.name]))
+    dense = result.dense_model(inputs)
     if not decomposed:  # every group was slower decomposed: ships the dense model, timed for the record
         times = _timed(rt, {"dense": dense}, x, result.precision, threads, calibration, rounds)
         ms = median_ms(times["dense"])
