@@ -11,6 +11,7 @@ rebuilt from teacher s0 and the structures its searched run recorded.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 from pathlib import Path
@@ -57,13 +58,14 @@ def main() -> None:
     dense.eval()
     models = {"dense": fold_batchnorm(dense)}
     for struct in args.structs.split(","):
-        preset = structurize_model(dense, args.arch, struct=struct)
+        preset = structurize_model(copy.deepcopy(dense), args.arch, struct=struct)
         target = count_ops(decompose(preset, on_unstructured="ignore"), (1, *size)).mults
         models[f"struct_preset-{struct}"] = fold_batchnorm(decompose(preset.eval(), on_unstructured="ignore"))
         run = HERE / "results" / "finetune_curves" / f"{Path(args.teacher).name}_struct{struct}_searched.json"
         if run.exists():
             searched = restructure_(
-                structurize_model(dense, args.arch, struct=struct), searched_specs(json.loads(run.read_text()))
+                structurize_model(copy.deepcopy(dense), args.arch, struct=struct),
+                searched_specs(json.loads(run.read_text())),
             )
             models[f"struct_searched-{struct}"] = fold_batchnorm(decompose(searched.eval(), on_unstructured="ignore"))
         models[f"svd-{struct}"] = fold_batchnorm(weight_svd(dense, torch.zeros(1, *size), target).eval())

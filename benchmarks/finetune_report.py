@@ -120,15 +120,32 @@ def latency_key(method: str, target: str) -> str:
     return f"{kind}-{target}"
 
 
+# the variants the latency figure shows: the default and each baseline's best form, plus the plain ones
+LATENCY_METHODS = (
+    "struct_reconstructed",
+    "struct_calibrated",
+    "svd_calibrated",
+    "svd_plain",
+    "prune_bn",
+    "prune_plain",
+)
+
+
 def plot_latency(curves: dict, dense_acc: list[float], steps_total: int, latency: dict, at: float, path: str) -> None:
-    """Accuracy after ``at`` of the teacher's steps against eager latency (each table's batch)."""
+    """Accuracy after ``at`` of the teacher's steps against eager latency (each table's batch).
+
+    Struct is drawn twice: filled after ``autotune`` (each layer decomposed or recomposed dense,
+    whichever measured faster, so no longer at matched mults), hollow untuned (matched mults).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = dict(zip(LATENCY_METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    markers = {"A": "o", "B": "s"}
     tables = [t for t in latency["tables"] if t["mode"] == "eager"]
-    fig, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables) + 3.5, 4.8), squeeze=False)
     for ax, table in zip(axes[0], tables):
         ms = table["median_ms"]
         ax.errorbar([ms["dense"]], [statistics.mean(dense_acc)], yerr=[statistics.stdev(dense_acc)], marker="*",
@@ -136,21 +153,29 @@ def plot_latency(curves: dict, dense_acc: list[float], steps_total: int, latency
         for (method, target), points in sorted(curves.items()):
             step = min(points, key=lambda s: abs(s - at * steps_total))
             key = latency_key(method, target)
-            if key not in ms or abs(step - at * steps_total) > 0.01 * steps_total:
+            if method not in colors or key not in ms or abs(step - at * steps_total) > 0.01 * steps_total:
                 continue
             acc = points[step]
             label = f"{LABELS.get(method, method)}, {target} ({len(acc)} seed{'s' if len(acc) > 1 else ''})"
             spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
             mean = statistics.mean(acc)
-            ax.errorbar([ms[key]], [mean], yerr=[spread], marker="o", linestyle="none", capsize=3, label=label)
+            style = dict(color=colors[method], marker=markers[target], linestyle="none", capsize=3)
+            ax.errorbar([ms[key]], [mean], yerr=[spread], label=label, **style)
+            untuned = f"{key} untuned"
+            if untuned in ms:  # the model at matched mults, before autotune's per-layer dense fallback
+                ax.errorbar([ms[untuned]], [mean], yerr=[spread], markerfacecolor="none", **style)
+                ax.plot([ms[untuned], ms[key]], [mean, mean], color=colors[method], linewidth=0.8, linestyle=":")
         ax.set_xlabel(f"eager latency, batch {table['batch']}, {latency['threads']} thread(s) (ms)")
         ax.set_ylabel(f"test accuracy after {100 * at:.0f} % of the dense steps (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle("ResNet20 from a converged teacher: accuracy against CPU latency (this machine)")
-    fig.tight_layout()
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    right = 1 - 4.0 / (5.5 * len(tables) + 3.5)
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(right, 0.5))
+    fig.suptitle("ResNet20 from a converged teacher, accuracy against CPU latency; "
+                 "Struct: hollow untuned (matched mults), filled autotuned", fontsize=10)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, right, 1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     print(f"wrote {path}")
 
 
