@@ -99,7 +99,11 @@ def dense_model(
 def structurize_model(
     model: nn.Module, name: str, *, struct: str | None = None, ratio: float | None = None
 ) -> nn.Module:
-    """Convert a dense ``model`` (architecture ``name``) to its Struct-A/B plan or a uniform ``ratio``."""
+    """Convert a dense ``model`` (architecture ``name``) to its Struct-A/B plan or a uniform ``ratio``.
+
+    Works in place and returns ``model`` itself (as ``structurize(..., inplace=True)``): pass
+    ``copy.deepcopy(model)`` to keep the dense model, e.g. as a distillation teacher.
+    """
     from ..convert import structurize
     from .presets import preset_overrides
 
