@@ -19,7 +19,9 @@ network, compiled in OpenVINO (interleaved medians, fixed threads).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,11 +33,11 @@ from torch.utils.data import DataLoader, Subset
 import structconv as sc
 from structconv._io import atomic_write_json
 from structconv.data import build_datasets
-from structconv.export import prepare_for_export
+from structconv.export import export_onnx, prepare_for_export
 from structconv.layers import set_sum_pool_backends
 from structconv.models import create_model
 from structconv.quantization import gptq_int8_weights
-from structconv.runtimes import _OnnxFile, _ov_config, cpu_name
+from structconv.runtimes import cpu_name
 from structconv.serialization import load_dense_weights
 
 TEACHERS = Path(__file__).parent / "results" / "teachers"
@@ -104,6 +106,12 @@ def time_compiled(models: dict, example: np.ndarray, rounds: int, calls: int = 5
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def ov_config(precision: str, threads: int) -> dict:
+    """What ``structconv.deploy`` compiles with: latency hint, fixed threads; int8 as quantized."""
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    return config if precision == "int8" else {**config, "INFERENCE_PRECISION_HINT": "f32"}
+
+
 def count_fake_quantize(ov_model) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())
 
@@ -143,6 +151,7 @@ def main() -> None:
     timing_input = np.ascontiguousarray(calib[0][: args.time_batch])
     core = ov.Core()
     rows = []
+    tmp = tempfile.mkdtemp(prefix="int8_ptq_options-")
     for seed in args.seeds.split(","):
         dense = create_model("cifar_resnet20", num_classes=info.num_classes, in_chans=info.in_chans)
         load_dense_weights(dense, TEACHERS / f"cifar_resnet20_e30_s{seed}" / "model.pth", name="teacher")
@@ -154,20 +163,22 @@ def main() -> None:
         set_sum_pool_backends(deployed, channel="conv", spatial="conv")
         compiled, seed_rows = {}, []
         for name, model in {"dense": prepare_for_export(dense), "struct_A": deployed}.items():
-            onnx = _OnnxFile(model, example)
-            fp32 = ov.convert_model(str(onnx.path))
-            compiled[f"{name}/fp32"] = core.compile_model(fp32, "CPU", _ov_config("fp32", args.threads))
+            onnx = Path(tmp) / f"s{seed}_{name}.onnx"
+            export_onnx(model, example, onnx)
+            fp32 = ov.convert_model(str(onnx))
+            compiled[f"{name}/fp32"] = core.compile_model(fp32, "CPU", ov_config("fp32", args.threads))
             row = {"seed": int(seed), "model": name, "fp32": ov_accuracy(compiled[f"{name}/fp32"], test)}
             for variant in variants if name == "struct_A" else ("default",):
                 tic = time.perf_counter()
                 source = onnx
                 if variant.startswith("gptq"):  # weights rounded with error compensation, then NNCF
                     rounded = gptq_int8_weights(model, [torch.from_numpy(c) for c in calib])
-                    source = _OnnxFile(rounded, example)
-                q = quantize(ov.convert_model(str(source.path)), variant, calib, validation, args.max_drop)
+                    source = Path(tmp) / f"s{seed}_{name}_{variant}.onnx"
+                    export_onnx(rounded, example, source)
+                q = quantize(ov.convert_model(str(source)), variant, calib, validation, args.max_drop)
                 row[f"{variant}_seconds"] = time.perf_counter() - tic
                 row[f"{variant}_fake_quantize"] = count_fake_quantize(q)
-                compiled[f"{name}/{variant}"] = core.compile_model(q, "CPU", _ov_config("int8", args.threads))
+                compiled[f"{name}/{variant}"] = core.compile_model(q, "CPU", ov_config("int8", args.threads))
                 row[variant] = ov_accuracy(compiled[f"{name}/{variant}"], test)
             seed_rows.append(row)
         ms = time_compiled(compiled, timing_input, args.rounds)  # dense and struct interleaved
@@ -179,6 +190,7 @@ def main() -> None:
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("json", "overwrite")
             )
             atomic_write_json({"command": command, "cpu": cpu_name(), "rows": rows}, args.json, indent=1)
+    shutil.rmtree(tmp, ignore_errors=True)
     for name in ("dense", "struct_A"):
         sel = [r for r in rows if r["model"] == name]
         for key in ("fp32", *variants):
