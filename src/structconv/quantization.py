@@ -1,14 +1,15 @@
 """int8 weight rounding that compensates its error from data (GPTQ), before a runtime's own
 post-training quantizer.
 
-A decomposed model is more sensitive to int8 weight rounding than its dense model (calibrated
-small kernels cancel each other more), so round-to-nearest loses it accuracy that the dense
-model keeps.  GPTQ (Frantar et al., 2023) rounds one input column at a time and moves the
-remaining columns to cancel the output error, weighted by the Gram matrix of the layer's
-input.  NNCF, ONNX Runtime and PT2E quantize convolution weights by round-to-nearest only
-(NNCF's GPTQ is for MatMul weight compression), so this module does it in PyTorch.  It writes
-weights that lie on the symmetric per-output-channel int8 grid (scale ``max|w| / 127``) those
-quantizers use, so their own rounding keeps them.
+A decomposed model loses more accuracy than its dense model to the same relative int8 weight
+rounding (BENCHMARKS.md, "int8: accuracy and weight memory").  GPTQ (Frantar et al., 2023)
+rounds one input column at a time and moves the remaining columns to cancel the output error,
+weighted by the Gram matrix of the layer's input.  NNCF, ONNX Runtime and PT2E quantize
+convolution weights by round-to-nearest only (NNCF's GPTQ is for MatMul weight compression),
+so this module does it in PyTorch.  The weights land on the symmetric per-output-channel int8
+grid of the original weights (scale ``max|w| / 127``); a runtime that derives its scale from
+the rounded weights keeps a row exactly when that row still reaches 127 steps, and re-rounds
+it on a slightly finer grid otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ._hooks import capture, default_device, forward_order, read_batches
 __all__ = ["gptq_int8_weights", "gptq_int8_weights_", "int8_grid_scale"]
 
 _LEVELS = 127  # symmetric int8, narrow range: -127..127
+_CHUNK = 16  # images per im2col block when accumulating a Gram matrix
 
 
 def int8_grid_scale(weight: Tensor) -> Tensor:
@@ -75,8 +77,9 @@ def gptq_int8_weights_(
     already-rounded earlier layers produce.
 
     ``data`` yields input batches (or ``(inputs, targets)``); ``max_batches`` of them are read
-    (at least 2).  Cost: one forward per layer over those batches and, per layer and group, a
-    float64 Gram matrix of side ``in/groups * prod(kernel)``.  Biases and other modules (the
+    (at least 2).  Cost: one forward per layer over those batches, the captured input of one
+    layer at a time, and per layer and group a float64 Gram matrix of side
+    ``in/groups * prod(kernel)`` (accumulated 16 images at a time).  Biases and other modules (the
     sum-pools, BatchNorm) are left as they are, so the result is ready for a runtime's int8
     quantizer (``structconv.deploy(..., precision="int8")``) with BatchNorm already folded.
     Returns each layer's relative output error ``||X (W_q - W)|| / ||X W||`` on the batches.
@@ -99,12 +102,19 @@ def gptq_int8_weights_(
             per_group = weight.shape[0] // groups
             rounded, num, den = torch.empty_like(weight), 0.0, 0.0
             for g in range(groups):
-                cols = _columns(module, inputs, g)
                 w = weight[g * per_group : (g + 1) * per_group].flatten(1)
-                q = _gptq(w, cols.T @ cols, damping)
+                # the Gram matrix accumulated a few images at a time: im2col of a whole
+                # calibration set at 224 px would not fit in memory
+                gram = torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64, device=device)
+                for chunk in inputs.split(_CHUNK):
+                    cols = _columns(module, chunk, g)
+                    gram += cols.T @ cols
+                q = _gptq(w, gram, damping)
                 rounded[g * per_group : (g + 1) * per_group] = q.view_as(weight[g * per_group : (g + 1) * per_group])
-                num += float((cols @ (q - w).T).square().sum())
-                den += float((cols @ w.T).square().sum())
+                # ||X dW||^2 = tr(dW H dW^T), from the same Gram matrix
+                diff = q - w
+                num += float(((diff @ gram) * diff).sum())
+                den += float(((w @ gram) * w).sum())
             with torch.no_grad():
                 module.weight.copy_(rounded.to(module.weight.dtype))
             errors[name] = (num / den) ** 0.5 if den > 0 else 0.0
