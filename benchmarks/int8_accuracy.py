@@ -43,6 +43,21 @@ def accuracy(run, loader) -> float:
     return 100.0 * correct / total
 
 
+def struct_a_from_teacher(seed: int, train_ds, info, steps: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Teacher ``seed`` and the Struct-A model built from it by the documented recipe
+    (``finetune_from_dense`` at ratio 2, ``steps`` distilled steps), both BatchNorm-folded for
+    export; the decomposed model's sum-pools pinned to the ones-convolutions (``conv``)."""
+    dense = create_model("cifar_resnet20", num_classes=info.num_classes, in_chans=info.in_chans)
+    load_dense_weights(dense, TEACHERS / f"cifar_resnet20_e30_s{seed}" / "model.pth", name="teacher")
+    dense.eval()
+    torch.manual_seed(seed)
+    loader = DataLoader(train_ds, batch_size=128, shuffle=True, drop_last=True)
+    structured, _ = sc.finetune_from_dense(dense, loader, ratio=2.0, steps=steps, progress=False)
+    deployed = prepare_for_export(sc.decompose(structured.eval()))
+    set_sum_pool_backends(deployed, channel="conv", spatial="conv")
+    return prepare_for_export(dense), deployed
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2")
@@ -62,16 +77,8 @@ def main() -> None:
     example = calib[0]
     rows = []
     for seed in args.seeds.split(","):
-        teacher = TEACHERS / f"cifar_resnet20_e30_s{seed}" / "model.pth"
-        dense = create_model("cifar_resnet20", num_classes=info.num_classes, in_chans=info.in_chans)
-        load_dense_weights(dense, teacher, name="teacher")
-        dense.eval()
-        torch.manual_seed(int(seed))
-        loader = DataLoader(train_ds, batch_size=128, shuffle=True, drop_last=True)
-        structured, _ = sc.finetune_from_dense(dense, loader, ratio=2.0, steps=args.steps, progress=False)
-        deployed = prepare_for_export(sc.decompose(structured.eval()))
-        set_sum_pool_backends(deployed, channel="conv", spatial="conv")
-        models = {"dense": prepare_for_export(dense), "struct_A": deployed}
+        dense, deployed = struct_a_from_teacher(int(seed), train_ds, info, args.steps)
+        models = {"dense": dense, "struct_A": deployed}
         for name, model in models.items():
             row = {"seed": int(seed), "model": name, "torch_fp32": accuracy(lambda x: model(x), test)}
             for runtime in args.runtimes.split(","):

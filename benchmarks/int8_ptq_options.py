@@ -28,19 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from int8_accuracy import struct_a_from_teacher  # the same recipe, one place (run from benchmarks/)
 from torch.utils.data import DataLoader, Subset
 
-import structconv as sc
 from structconv._io import atomic_write_json
 from structconv.data import build_datasets
-from structconv.export import export_onnx, prepare_for_export
-from structconv.layers import set_sum_pool_backends
-from structconv.models import create_model
+from structconv.export import export_onnx
 from structconv.quantization import gptq_int8_weights
 from structconv.runtimes import cpu_name
-from structconv.serialization import load_dense_weights
 
-TEACHERS = Path(__file__).parent / "results" / "teachers"
 NNCF_VARIANTS = ("default", "full_bias_correction", "mixed_preset", "accuracy_control", "accuracy_control_mixed")
 # gptq_<nncf variant>: the weights rounded by gptq_int8_weights first, then that NNCF variant
 VARIANTS = (*NNCF_VARIANTS, "gptq", *(f"gptq_{name}" for name in NNCF_VARIANTS[1:]))
@@ -153,16 +149,9 @@ def main() -> None:
     rows = []
     tmp = tempfile.mkdtemp(prefix="int8_ptq_options-")
     for seed in args.seeds.split(","):
-        dense = create_model("cifar_resnet20", num_classes=info.num_classes, in_chans=info.in_chans)
-        load_dense_weights(dense, TEACHERS / f"cifar_resnet20_e30_s{seed}" / "model.pth", name="teacher")
-        dense.eval()
-        torch.manual_seed(int(seed))
-        loader = DataLoader(train_ds, batch_size=128, shuffle=True, drop_last=True)
-        structured, _ = sc.finetune_from_dense(dense, loader, ratio=2.0, steps=args.steps, progress=False)
-        deployed = prepare_for_export(sc.decompose(structured.eval()))
-        set_sum_pool_backends(deployed, channel="conv", spatial="conv")
+        dense, deployed = struct_a_from_teacher(int(seed), train_ds, info, args.steps)
         compiled, seed_rows = {}, []
-        for name, model in {"dense": prepare_for_export(dense), "struct_A": deployed}.items():
+        for name, model in {"dense": dense, "struct_A": deployed}.items():
             onnx = Path(tmp) / f"s{seed}_{name}.onnx"
             export_onnx(model, example, onnx)
             fp32 = ov.convert_model(str(onnx))
