@@ -1,7 +1,9 @@
 """How much of a decomposed model's int8 drop is its weights (issue 17): every conv/linear weight
 rounded to symmetric per-output-channel int8 in PyTorch, activations left in float, for the dense
 teacher and for Struct-A built from it by the recipe of ``benchmarks/int8_accuracy.py``
-(``finetune_from_dense`` at ratio 2, ``--steps`` distilled steps), decomposed, BatchNorm folded.
+(``finetune_from_dense`` at ratio 2, ``--steps`` distilled steps), decomposed, BatchNorm folded;
+and the same with the weights rounded by ``structconv.quantization.gptq_int8_weights`` on the
+calibration images.
 
     python benchmarks/int8_weight_sensitivity.py --seed 0
 """
@@ -12,14 +14,12 @@ import argparse
 import copy
 
 import torch
+from int8_accuracy import struct_a_from_teacher  # the same recipe, one place (run from benchmarks/)
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-import structconv as sc
 from structconv.data import build_datasets
-from structconv.export import prepare_for_export
-from structconv.models import create_model
-from structconv.serialization import load_dense_weights
+from structconv.quantization import gptq_int8_weights
 
 
 def accuracy(model, loader) -> float:
@@ -49,25 +49,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=140)
+    p.add_argument("--calibration-images", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-path", default="data")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     train_ds, test_ds, info = build_datasets("fashion-mnist", args.data_path, seed=0)
     test = DataLoader(test_ds, batch_size=500)
-    dense = create_model("cifar_resnet20", num_classes=info.num_classes, in_chans=info.in_chans)
-    teacher = f"benchmarks/results/teachers/cifar_resnet20_e30_s{args.seed}/model.pth"
-    load_dense_weights(dense, teacher, name="teacher")
-    dense.eval()
-    torch.manual_seed(args.seed)
-    loader = DataLoader(train_ds, batch_size=128, shuffle=True, drop_last=True)
-    structured, _ = sc.finetune_from_dense(dense, loader, ratio=2.0, steps=args.steps, progress=False)
-    models = {"dense": prepare_for_export(dense), "struct_A": prepare_for_export(sc.decompose(structured.eval()))}
-    for name, model in models.items():
+    dense, deployed = struct_a_from_teacher(args.seed, train_ds, info, args.steps)
+    # GPTQ reads the calibration images of int8_accuracy.py / int8_ptq_options.py
+    order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0)).tolist()
+    calib = [x for x, _ in DataLoader(Subset(train_ds, order[: args.calibration_images]), batch_size=250)]
+    for name, model in {"dense": dense, "struct_A": deployed}.items():
         rounded, error = int8_weights(model)
         print(
             f"{name}: fp32 {accuracy(model, test):.2f}, int8 weights only {accuracy(rounded, test):.2f} "
-            f"(mean relative weight rounding error {100 * error:.2f} %)",
+            f"(mean relative weight rounding error {100 * error:.2f} %), "
+            f"GPTQ int8 weights {accuracy(gptq_int8_weights(model, calib), test):.2f}",
             flush=True,
         )
 
