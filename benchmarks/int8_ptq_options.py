@@ -9,6 +9,11 @@ Accuracy control validates on ``--validation-images`` training images disjoint f
 calibration images (never on the test set); the test accuracy is reported for every variant.
 ``gptq`` rounds the weights first with ``structconv.quantization.gptq_int8_weights`` on the
 calibration images, then runs NNCF's default (``gptq_<variant>``: that variant).
+``pools_float`` leaves the sum-pool convolutions out of quantization (NNCF ``IgnoredScope``), so
+the pooled sums are quantized once, at the small convolution's input, instead of after every
+pool; ``recomposed`` quantizes the same function with every layer recomposed dense (the
+structured kernels as ordinary convolutions, no pooled sums to requantize): it separates what
+int8 costs the structured *weights* from what it costs the decomposed *form*.
 Each int8 model is timed against the int8 dense model and the fp32-IR model of the same
 network, compiled in OpenVINO (interleaved medians, fixed threads).
 
@@ -19,6 +24,7 @@ network, compiled in OpenVINO (interleaved medians, fixed threads).
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import statistics
 import tempfile
@@ -32,14 +38,26 @@ from int8_accuracy import struct_a_from_teacher  # the same recipe, one place (r
 from torch.utils.data import DataLoader, Subset
 
 from structconv._io import atomic_write_json
+from structconv.autotune import tunable
 from structconv.data import build_datasets
 from structconv.export import export_onnx
 from structconv.quantization import gptq_int8_weights
 from structconv.runtimes import cpu_name
 
-NNCF_VARIANTS = ("default", "full_bias_correction", "mixed_preset", "accuracy_control", "accuracy_control_mixed")
+NNCF_VARIANTS = (
+    "default", "full_bias_correction", "mixed_preset", "accuracy_control", "accuracy_control_mixed",
+    "pools_float", "recomposed",
+)  # fmt: skip
 # gptq_<nncf variant>: the weights rounded by gptq_int8_weights first, then that NNCF variant
 VARIANTS = (*NNCF_VARIANTS, "gptq", *(f"gptq_{name}" for name in NNCF_VARIANTS[1:]))
+
+
+def recomposed(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every decomposed layer replaced by its recomposed dense layer."""
+    out = copy.deepcopy(model)
+    for name in [n for n, m in out.named_modules() if tunable(m) and n]:
+        out.set_submodule(name, out.get_submodule(name).recompose().eval())
+    return out
 
 
 def ov_accuracy(compiled, loader) -> float:
@@ -61,8 +79,13 @@ def quantize(ov_model, variant: str, calib: list[np.ndarray], validation, max_dr
     dataset = nncf.Dataset(calib)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if variant == "default":  # what structconv.runtimes ships
+        if variant in ("default", "recomposed"):  # what structconv.runtimes ships
             return nncf.quantize(ov_model, dataset, subset_size=len(calib), fast_bias_correction=True)
+        if variant == "pools_float":  # the pools' ones-convolutions are named <layer>/pool/Conv*
+            scope = nncf.IgnoredScope(patterns=[".*/pool/Conv.*"], validate=False)
+            return nncf.quantize(
+                ov_model, dataset, subset_size=len(calib), fast_bias_correction=True, ignored_scope=scope
+            )
         if variant == "full_bias_correction":
             return nncf.quantize(ov_model, dataset, subset_size=len(calib), fast_bias_correction=False)
         if variant == "mixed_preset":
@@ -159,11 +182,12 @@ def main() -> None:
             row = {"seed": int(seed), "model": name, "fp32": ov_accuracy(compiled[f"{name}/fp32"], test)}
             for variant in variants if name == "struct_A" else ("default",):
                 tic = time.perf_counter()
-                source = onnx
+                source, form = onnx, recomposed(model) if variant.endswith("recomposed") else model
                 if variant.startswith("gptq"):  # weights rounded with error compensation, then NNCF
-                    rounded = gptq_int8_weights(model, [torch.from_numpy(c) for c in calib])
+                    form = gptq_int8_weights(form, [torch.from_numpy(c) for c in calib])
+                if form is not model:
                     source = Path(tmp) / f"s{seed}_{name}_{variant}.onnx"
-                    export_onnx(rounded, example, source)
+                    export_onnx(form, example, source)
                 q = quantize(ov.convert_model(str(source)), variant, calib, validation, args.max_drop)
                 row[f"{variant}_seconds"] = time.perf_counter() - tic
                 row[f"{variant}_fake_quantize"] = count_fake_quantize(q)

@@ -133,6 +133,95 @@ def test_whole_model_check_never_ships_a_model_measured_slower(monkeypatch):
     assert d.whole_model["choice"] == "all_dense" and d.whole_model["speedup"] == 1.0
 
 
+def _requantizing_runtime(monkeypatch):
+    """A runtime in which decomposed layers are fast but round their pooled sums onto a coarse
+    grid (the int8 requantization, exaggerated) and recomposed layers are exact but slow."""
+    import time
+
+    from structconv.layers import DecomposedConvNd, DecomposedLayer
+
+    def coarse(module, args, out):
+        step = 0.5 * out.abs().amax()
+        return torch.round(out / step) * step
+
+    def build(model, example, precision, threads, calibration=None):
+        n_decomposed = 0
+        for m in model.modules():
+            if isinstance(m, DecomposedConvNd):
+                m.pool.register_forward_hook(coarse)
+            n_decomposed += isinstance(m, DecomposedLayer)
+
+        def run(x):
+            time.sleep(0.006 / (1 + n_decomposed))  # every recomposed layer costs time
+            with torch.no_grad():
+                return model(x)
+
+        return run
+
+    fake = runtimes.Runtime("requant", "test", ("int8",), ("torch",), "deploy", build, lambda *a: [], ".x")
+    monkeypatch.setitem(runtimes.RUNTIMES, "requant", fake)
+
+
+def _discriminating(seed=0):
+    """A structured model whose predictions vary with the input (no global pooling before the
+    head, unlike ``_tiny``): accuracy can then be lost."""
+    torch.manual_seed(seed)
+    dense = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, stride=2), nn.Flatten(),
+        nn.Linear(1024, 10),
+    )  # fmt: skip
+    return sc.structurize(dense.eval(), 2.0).eval()
+
+
+def _self_labelled(model, n=96, batch=32, seed=1):
+    """Inputs labelled by ``model``'s own float32 predictions: its reference accuracy is 100 %."""
+    torch.manual_seed(seed)
+    images = torch.randn(n, 3, 16, 16)
+    with torch.no_grad():
+        labels = prepare_for_export(model)(images).argmax(1)
+    return [(images[i : i + batch], labels[i : i + batch]) for i in range(0, n, batch)]
+
+
+def test_accuracy_guard_recomposes_layers_until_the_artifact_is_within_the_allowed_drop(monkeypatch):
+    _requantizing_runtime(monkeypatch)
+    model = _discriminating()
+    x, data = torch.randn(5, 3, 16, 16), _self_labelled(model, n=98)  # 98 = 19 batches of 5 and a rest
+    kw = dict(runtime="requant", precision="int8", threads=1, rounds=3, whole_model_rounds=3, validation=data)
+    unguarded = deploy(model, x, **kw)
+    assert unguarded.accuracy["reference"] == 100.0 and unguarded.accuracy["met"] is None
+    assert unguarded.accuracy["drop"] > 5  # the coarse pooled sums cost accuracy: something to guard
+    assert not unguarded.dense_layers  # and decomposed layers are faster there, so speed keeps them
+    guarded = deploy(model, x, **kw, max_accuracy_drop=5.0)
+    a = guarded.accuracy
+    assert a["met"] and a["drop"] <= 5.0 and a["deployed"] > unguarded.accuracy["deployed"]
+    reverted = [d for d in guarded.layers if d.reason == "accuracy"]
+    assert reverted and all(d.choice == "dense" for d in reverted)
+    assert a["steps"][0]["accuracy"] == unguarded.accuracy["deployed"]
+    assert "for accuracy" in str(guarded) and "validation images" in str(guarded)
+    # the recorded accuracy is the shipped artifact's, measured again here
+    shipped = runtimes.RUNTIMES["requant"].build(guarded.model, x, "int8", 1)
+    images = torch.cat([b[0] for b in data])
+    labels = torch.cat([b[1] for b in data])
+    padded = torch.cat([images, images.new_zeros(2, 3, 16, 16)])
+    preds = torch.cat([shipped(padded[i : i + 5]) for i in range(0, 100, 5)])[:98].argmax(1)
+    assert a["deployed"] == pytest.approx(100.0 * (preds == labels).float().mean().item())
+
+
+def test_accuracy_guard_refuses_bad_validation_in_one_line():
+    model, x = _tiny(), torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="max_accuracy_drop needs validation"):
+        deploy(model, x, runtime="eager", max_accuracy_drop=0.5)
+    with pytest.raises(ValueError, match=r"max_accuracy_drop=-1\.0 must be a finite number >= 0"):
+        deploy(model, x, runtime="eager", validation=_self_labelled(model), max_accuracy_drop=-1.0)
+    with pytest.raises(ValueError, match="validation is empty"):
+        deploy(model, x, runtime="eager", validation=[])
+    wrong = [(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ValueError, match=r"validation batch 0 has inputs \(4, 3, 8, 8\).*\(N, 3, 16, 16\)"):
+        deploy(model, x, runtime="eager", validation=wrong)
+    with pytest.raises(ValueError, match="validation batch 0 is not an"):
+        deploy(model, x, runtime="eager", validation=[torch.randn(4, 3, 16, 16)])
+
+
 def test_refusals_are_one_line(monkeypatch):
     with pytest.raises(ValueError, match="runtime='tensorflow' is not one of"):
         runtimes.check_target("tensorflow", "fp32")
@@ -174,6 +263,28 @@ def test_export_cli_writes_the_openvino_deployment(tmp_path, capsys):
     assert "already exist" in capsys.readouterr().err
     assert main(args[:5] + ["--precision", "bf16", "-o", str(tmp_path)]) == 2
     assert "apply to --runtime" in capsys.readouterr().err
+
+
+def test_export_cli_guards_accuracy_on_held_out_training_images(tmp_path, capsys):
+    from structconv.cli import main
+
+    from ._synthetic import make_fashion_mnist
+
+    data = make_fashion_mnist(tmp_path / "data", n_train=96, n_test=8)
+    out = tmp_path / "out"
+    args = ["export", "--arch", "cifar_resnet20", "--struct", "A", "--runtime", "onnxruntime", "--precision", "int8"]
+    args += ["--batch", "4", "--threads", "1", "-o", str(out), "--data-path", str(data)]
+    assert main([*args, "--max-accuracy-drop", "0.5"]) == 2  # no labelled images to validate on
+    assert "--max-accuracy-drop needs --calibration-dataset" in capsys.readouterr().err
+    args += ["--calibration-dataset", "fashion-mnist", "--calibration-images", "32", "--validation-images", "40"]
+    assert main([*args, "--max-accuracy-drop", "-1"]) == 2
+    assert "--max-accuracy-drop=-1 must be >= 0" in capsys.readouterr().err
+    assert main([*args, "--calibration-images", "96", "--max-accuracy-drop", "1"]) == 2
+    assert "no images left for validation" in capsys.readouterr().err
+    assert main([*args, "--max-accuracy-drop", "100"]) == 0
+    accuracy = json.loads((out / "cifar_resnet20_structA.decisions.json").read_text())["accuracy"]
+    assert accuracy["images"] == 40 and accuracy["max_drop"] == 100 and accuracy["met"]
+    assert 0 <= accuracy["deployed"] <= 100 and accuracy["drop"] == accuracy["reference"] - accuracy["deployed"]
 
 
 @pytest.mark.slow

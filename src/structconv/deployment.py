@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,7 @@ class LayerDecision:
     # {"dense_over_decomposed": whole-model time with this layer's group dense / decomposed}
     times_ms: dict[str, float]
     measured_as: str | None = None  # the first layer of its group of identical layers
+    reason: str | None = None  # "accuracy": recomposed by the accuracy guard (``max_accuracy_drop``)
 
 
 @dataclass
@@ -77,6 +78,8 @@ class Deployment:
     lowering: dict | None = None  # {"channel", "spatial"}: the sum-pool backends pinned
     failed: dict = field(default_factory=dict)  # lowering candidates the runtime refused, and why
     calibration: list[Tensor] | None = field(default=None, repr=False)
+    # with ``validation``: top-1 of PyTorch float32 and of the artifact, and the guard's steps
+    accuracy: dict | None = None
 
     @property
     def dense_layers(self) -> list[str]:
@@ -105,6 +108,7 @@ class Deployment:
             "whole_model": self.whole_model,
             "lowering": self.lowering,
             "failed": self.failed,
+            "accuracy": self.accuracy,
             "seconds": self.seconds,
             "layers": [asdict(d) for d in self.layers],
         }
@@ -113,6 +117,7 @@ class Deployment:
         rows = [("layer", "shape", "input", "model time, group dense / decomposed", "runs as")]
         for d in self.layers:
             runs = "dense" if d.choice == "dense" else f"decomposed ({d.pool})"
+            runs += " for accuracy" if d.reason == "accuracy" else ""
             ratio = d.times_ms.get("dense_over_decomposed")
             measured = f"{ratio:.3f}" if ratio is not None else "-"
             if d.measured_as:
@@ -144,6 +149,15 @@ class Deployment:
             )
         if self.rel_error is not None:
             tail.append(f"output vs PyTorch float32: relative error {self.rel_error:.2e}")
+        if self.accuracy:
+            a = self.accuracy
+            allowed = (
+                "" if a["max_drop"] is None else f", allowed {a['max_drop']:g}" + ("" if a["met"] else " (MISSED)")
+            )
+            tail.append(
+                f"top-1 on {a['images']} validation images: PyTorch float32 {a['reference']:.2f} %, "
+                f"{self.runtime} {self.precision} {a['deployed']:.2f} % (drop {a['drop']:.2f}{allowed})"
+            )
         return "\n".join([head, format_table(rows), *tail])
 
     def save(
@@ -206,6 +220,8 @@ def deploy(
     rounds: int = 9,
     whole_model_rounds: int = 15,
     search: bool | None = None,
+    validation: Iterable | None = None,
+    max_accuracy_drop: float | None = None,
     verbose: bool = False,
 ) -> Deployment:
     """Choose, by measuring in ``runtime`` at ``precision``, how each decomposed layer runs.
@@ -229,8 +245,19 @@ def deploy(
 
     ``search=None`` runs steps 1-2 where the runtime builds a model in about a second
     (``Runtime.lowerings == "all"``), and only step 3 for ``compile`` (an Inductor compile per
-    candidate); ``True``/``False`` force it.  Returns a :class:`Deployment` whose ``model`` is
-    the PyTorch form of what was chosen.
+    candidate); ``True``/``False`` force it.
+
+    ``validation``: labelled batches ``(inputs, targets)`` (a classification ``DataLoader``);
+    the top-1 accuracy of the artifact in the runtime and of the PyTorch float32 model are then
+    recorded (``Deployment.accuracy``).  With ``max_accuracy_drop`` (points), an accuracy guard
+    runs between steps 2 and 3, as NNCF's ``quantize_with_accuracy_control`` does for
+    quantizers: while the artifact loses more than that, the group of decomposed layers whose
+    recomposition recovers most (each measured in the runtime) runs recomposed.  It exists for
+    int8: a decomposed layer requantizes its pooled sums, a sum of k inputs on a per-tensor
+    int8 grid about k times coarser, while its recomposed form quantizes only the input
+    (BENCHMARKS.md, "int8").  Keep the validation images apart from the calibration ones.
+
+    Returns a :class:`Deployment` whose ``model`` is the PyTorch form of what was chosen.
     """
     if precision is None:
         precision = default_precision(runtime)
@@ -244,6 +271,10 @@ def deploy(
     calibration = list(calibration) if calibration is not None else None
     if calibration is not None and not calibration:
         raise v.ArgumentError("{calibration} is empty; give at least one input batch or None")
+    if max_accuracy_drop is not None:
+        v.number(max_accuracy_drop, "max_accuracy_drop", low=0)
+        if validation is None:
+            raise v.ArgumentError("{max_accuracy_drop} needs {validation}: labelled batches to measure the drop on")
     if search is None:
         search = rt.lowerings == "all"
     start = time.perf_counter()
@@ -262,6 +293,7 @@ def deploy(
                 shape=tuple(x.shape),
                 why=(str(err).strip().splitlines() or [type(err).__name__])[0],
             ) from None
+        labelled = _labelled(validation, x) if validation is not None else None
         inputs = capture_inputs(model, x, names)
         names = [n for n in names if n in inputs]
         groups: dict[str, list[str]] = {}
@@ -276,18 +308,21 @@ def deploy(
         # again until a candidate replaces it, and a build costs seconds (an Inductor compile)
         builds: dict = {}
 
-        def build(dense_set, lowering_pair):
+        def try_build(dense_set, lowering_pair):
             """The model built in the runtime, or None (the reason kept) when the runtime refuses it."""
+            try:
+                fn = rt.build(_with(model, inputs, dense_set, lowering_pair), x, precision, n_threads, calibration)
+                fn(x)  # some runtimes build a graph they then fail to run (XNNPACK: error 0x10)
+                return fn
+            except Exception as err:  # noqa: BLE001 - a form the runtime cannot take is skipped
+                why = (str(err).strip().splitlines() or [type(err).__name__])[-1][:160]
+                failed[f"lowering={lowering_pair}, dense layers={len(dense_set)}"] = f"{type(err).__name__}: {why}"
+                return None
+
+        def build(dense_set, lowering_pair):
             key = (frozenset(dense_set), lowering_pair)
             if key not in builds:
-                try:
-                    fn = rt.build(_with(model, inputs, dense_set, lowering_pair), x, precision, n_threads, calibration)
-                    fn(x)  # some runtimes build a graph they then fail to run (XNNPACK: error 0x10)
-                    builds[key] = fn
-                except Exception as err:  # noqa: BLE001 - a form the runtime cannot take is skipped
-                    why = (str(err).strip().splitlines() or [type(err).__name__])[-1][:160]
-                    failed[f"lowering={lowering_pair}, dense layers={len(dense_set)}"] = f"{type(err).__name__}: {why}"
-                    builds[key] = None
+                builds[key] = try_build(dense_set, lowering_pair)
             return builds[key]
 
         def compare(candidate_dense, candidate_lowering) -> float | None:
@@ -326,6 +361,18 @@ def deploy(
                 log(f"{members[0]} (+{len(members) - 1} alike) dense: {ratio:.3f} x decomposed")
                 if ratio < 1.0:
                     dense |= set(members)
+        builds.clear()
+        reverted: set[str] = set()
+        accuracy = None
+        if labelled is not None:
+            accuracy = {"images": len(labelled[1]), "reference": _top1(model, *labelled, x.shape[0])}
+            accuracy.update(max_drop=max_accuracy_drop, steps=[])
+            if max_accuracy_drop is not None:
+                reverted = _guard_accuracy(
+                    lambda d: _top1(try_build(d, lowering), *labelled, x.shape[0]),
+                    groups, dense, accuracy, max_accuracy_drop, log,
+                )  # fmt: skip
+                dense |= reverted
         deployed = _with(model, inputs, dense, lowering)
         result = Deployment(deployed, runtime, precision, n_threads, tuple(x.shape), calibration=calibration)
         result.lowering = {"channel": lowering[0] or "auto", "spatial": lowering[1] or "auto"}
@@ -344,12 +391,18 @@ def deploy(
                         pool,
                         group_times.get(key, {}),
                         members[0] if name != members[0] else None,
+                        "accuracy" if name in reverted else None,
                     )
                 )
         _check_whole_model(rt, result, inputs, x, calibration, n_threads, whole_model_rounds)
         check = torch.randn_like(x)
-        got = rt.build(result.model, x, precision, n_threads, calibration)(check)
-        result.rel_error = relative_error(got.float(), result.model(check).float())
+        shipped = rt.build(result.model, x, precision, n_threads, calibration)
+        result.rel_error = relative_error(shipped(check).float(), result.model(check).float())
+        if accuracy is not None:  # of what ships: the whole-model check may have made it all-dense
+            accuracy["deployed"] = _top1(shipped, *labelled, x.shape[0])
+            accuracy["drop"] = accuracy["reference"] - accuracy["deployed"]
+            accuracy["met"] = None if max_accuracy_drop is None else accuracy["drop"] <= max_accuracy_drop
+            result.accuracy = accuracy
     tol = TOLERANCE[precision]
     if tol is not None and not result.rel_error <= tol:
         raise ValueError(
@@ -357,6 +410,75 @@ def deploy(
         )
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _labelled(validation: Iterable, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Every ``(inputs, targets)`` batch of ``validation``, concatenated and checked against the
+    deployed input ``x`` (per-sample shape) before any measurement."""
+    images, labels = [], []
+    for i, batch in enumerate(validation):
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch[:2])):
+            raise v.ArgumentError("{validation} batch {i} is not an (inputs, targets) pair of tensors", i=i)
+        inp, tgt = batch[0], batch[1]
+        if tuple(inp.shape[1:]) != tuple(x.shape[1:]) or tgt.dim() != 1 or len(tgt) != len(inp):
+            raise v.ArgumentError(
+                "{validation} batch {i} has inputs {got} and targets {t}; the deployed input is (N, {want}) "
+                "with one class index per input",
+                i=i, got=tuple(inp.shape), t=tuple(tgt.shape), want=", ".join(map(str, x.shape[1:])),
+            )  # fmt: skip
+        images.append(inp.detach().float().cpu())
+        labels.append(tgt.detach().cpu().long())
+    if not images:
+        raise v.ArgumentError("{validation} is empty; give labelled batches or None")
+    return torch.cat(images), torch.cat(labels)
+
+
+def _top1(fn, images: Tensor, labels: Tensor, batch: int) -> float | None:
+    """Top-1 accuracy (%) of ``fn`` (a built runtime model, or a module), in chunks of the
+    deployed batch size, the last one zero-padded: a built runtime takes one input shape.
+    None when ``fn`` is None (the runtime refused that form)."""
+    if fn is None:
+        return None
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            chunk = images[i : i + batch]
+            n = len(chunk)
+            if n < batch:
+                chunk = torch.cat([chunk, chunk.new_zeros(batch - n, *chunk.shape[1:])])
+            correct += int((fn(chunk)[:n].float().argmax(1) == labels[i : i + n]).sum())
+    return 100.0 * correct / len(images)
+
+
+def _guard_accuracy(top1, groups: dict[str, list[str]], dense: set[str], accuracy: dict, max_drop, log) -> set[str]:
+    """The layers to recompose so that the artifact loses at most ``max_drop`` points.
+
+    ``top1(dense_set)`` measures the artifact with ``dense_set`` recomposed.  Each decomposed
+    group is measured recomposed alone (one build each), then the groups are recomposed in the
+    order of the accuracy that gave, re-measured after each, until the drop is within bounds;
+    ``accuracy["steps"]`` records every measurement.  Greedy, as NNCF's accuracy control is:
+    2 G builds at most for G groups, where the best subset would take 2^G."""
+    reference = accuracy["reference"]
+    current = top1(dense)
+    accuracy["steps"].append({"recomposed_groups": [], "accuracy": current})
+    log(f"accuracy guard: PyTorch float32 {reference:.2f} %, artifact {current} %")
+    if current is None or reference - current <= max_drop:
+        return set()
+    alone = {}
+    for key, members in groups.items():
+        if not set(members) <= dense:
+            alone[key] = top1(dense | set(members))
+            accuracy["steps"].append({"recomposed_alone": members[0], "accuracy": alone[key]})
+    order = sorted((k for k in alone if alone[k] is not None), key=lambda k: -alone[k])
+    reverted: set[str] = set()
+    for n, key in enumerate(order):
+        reverted |= set(groups[key])
+        current = alone[key] if n == 0 else top1(dense | reverted)
+        accuracy["steps"].append({"recomposed_groups": [groups[k][0] for k in order[: n + 1]], "accuracy": current})
+        log(f"accuracy guard: {groups[key][0]} (+{len(groups[key]) - 1} alike) recomposed -> {current} %")
+        if current is not None and reference - current <= max_drop:
+            break
+    return reverted
 
 
 def _pool_of(layer: nn.Module, x: Tensor) -> str:

@@ -68,6 +68,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--data-path", type=path_arg, default="data", help="with --calibration-dataset (default ./data)")
     p.add_argument("--calibration-images", type=positive_int, default=512, help="int8 calibration images (default 512)")
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=finite_float,
+        default=None,
+        metavar="POINTS",
+        help="with --runtime and --calibration-dataset: recompose the decomposed layers that cost most until the "
+        "artifact's top-1 is within POINTS of PyTorch float32 on --validation-images training images (disjoint "
+        "from the calibration ones); for int8, whose pooled sums are requantized",
+    )
+    p.add_argument(
+        "--validation-images", type=positive_int, default=2000, help="with --max-accuracy-drop (default 2000)"
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter first")
     p.add_argument(
@@ -118,26 +130,42 @@ def _source(args):
 
 
 def _check_calibration_flags(args) -> None:
-    if args.precision != "int8" and args.calibration_dataset:
-        raise CommandError("--calibration-dataset applies to --precision int8")
+    if args.max_accuracy_drop is not None:
+        if args.max_accuracy_drop < 0:
+            raise CommandError(f"--max-accuracy-drop={args.max_accuracy_drop:g} must be >= 0 (top-1 points)")
+        if not args.calibration_dataset:
+            raise CommandError("--max-accuracy-drop needs --calibration-dataset (its training images validate)")
+    elif args.precision != "int8" and args.calibration_dataset:
+        raise CommandError("--calibration-dataset applies to --precision int8 or --max-accuracy-drop")
     if args.precision == "int8" and not args.calibration_dataset:
         raise CommandError("--precision int8 needs --calibration-dataset (the images that set the int8 ranges)")
 
 
-def _calibration(args, size) -> list | None:
-    """int8 calibration batches from ``--calibration-dataset``."""
+def _calibration(args, size) -> tuple[list | None, list | None]:
+    """int8 calibration batches and ``--max-accuracy-drop``'s labelled validation batches, from
+    disjoint images of ``--calibration-dataset``'s training split."""
     _check_calibration_flags(args)
-    if args.precision != "int8":
-        return None
+    if not args.calibration_dataset:
+        return None, None
     import torch
     from torch.utils.data import DataLoader, Subset
 
     from ..data import build_datasets
 
     train_ds, _, _ = build_datasets(args.calibration_dataset, args.data_path, image_size=size[1], in_chans=size[0])
+    order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0)).tolist()
     n = min(args.calibration_images, len(train_ds))
-    idx = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0))[:n].tolist()
-    return [x for x, _ in DataLoader(Subset(train_ds, idx), batch_size=max(args.batch, 32))]
+    batch = max(args.batch, 32)
+    calibration = None
+    if args.precision == "int8":
+        calibration = [x for x, _ in DataLoader(Subset(train_ds, order[:n]), batch_size=batch)]
+    validation = None
+    if args.max_accuracy_drop is not None:
+        held_out = order[n : n + args.validation_images]
+        if not held_out:
+            raise CommandError(f"--calibration-dataset {args.calibration_dataset}: no images left for validation")
+        validation = list(DataLoader(Subset(train_ds, held_out), batch_size=batch))
+    return calibration, validation
 
 
 def _deploy(args, model, stem, size) -> int:
@@ -157,10 +185,17 @@ def _deploy(args, model, stem, size) -> int:
     taken = [str(p) for p in planned if p.exists()]
     if taken and not args.overwrite:  # before the search, which takes minutes
         raise CommandError(f"{', '.join(taken)} already exist(s); pass --overwrite to replace them")
-    calibration = _calibration(args, size)
+    calibration, validation = _calibration(args, size)
     example = torch.randn(args.batch, *size)
     deployment = deploy(
-        model, example, runtime=args.runtime, precision=args.precision, threads=args.threads, calibration=calibration
+        model,
+        example,
+        runtime=args.runtime,
+        precision=args.precision,
+        threads=args.threads,
+        calibration=calibration,
+        validation=validation,
+        max_accuracy_drop=args.max_accuracy_drop,
     )
     files = deployment.save(out, stem, overwrite=args.overwrite)
     if args.json:
@@ -176,8 +211,10 @@ def _deploy(args, model, stem, size) -> int:
 def main(args: argparse.Namespace) -> int:
     from ..export import export_model
 
-    if not args.runtime and (args.precision is not None or args.calibration_dataset):
-        raise CommandError("--precision and --calibration-dataset apply to --runtime")
+    if not args.runtime and (
+        args.precision is not None or args.calibration_dataset or args.max_accuracy_drop is not None
+    ):
+        raise CommandError("--precision, --calibration-dataset and --max-accuracy-drop apply to --runtime")
     model, stem, size = _source(args)
     if args.runtime:
         return _deploy(args, model, stem, size)
