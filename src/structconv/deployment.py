@@ -5,8 +5,9 @@
 that precision*: decomposed, in each applicable sum-pool lowering
 (:data:`structconv.pooling.BACKENDS`: 1x1 binary conv, GEMM or cumulative sum on the channel
 axis; depthwise ones-conv, avg-pool with divisor 1 or shifted adds on the spatial axes), or
-as its recomposed dense kernel.  Every form computes the same function, so the choice changes
-speed only.  This is :func:`structconv.autotune.optimize` measured where the model will run:
+as its recomposed dense kernel.  Every form computes the same function, so in float the choice
+changes speed only; at int8 the decomposed form also requantizes its pooled sums, which the
+optional accuracy guard (``max_accuracy_drop``) measures and trades back.  This is :func:`structconv.autotune.optimize` measured where the model will run:
 eager-PyTorch timings do not predict OpenVINO's, whose blocked layouts make a MatMul on the
 channel axis cost more than the convolutions it saves (BENCHMARKS.md, "Per runtime").
 
