@@ -65,7 +65,7 @@ def main() -> None:
         ]
         row = {
             "seed": seed,
-            "torch_fp32_test": accuracy(lambda x: decomposed(x), DataLoader(test_ds, batch_size=250)),
+            "torch_fp32_test": accuracy(lambda x: decomposed(x), batches),  # the same images as int8
             "shipped_int8_test": accuracy(shipped, batches),
             "test_images": whole,
             "layers_decomposed": sum(d.choice == "decomposed" for d in result.layers),

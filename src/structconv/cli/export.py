@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--calibration-dataset",
         choices=DATASETS,
         default=None,
-        help="with --precision int8: the dataset whose training images calibrate the quantization",
+        help="with --precision int8: the dataset whose training images calibrate the quantization; "
+        "with --max-accuracy-drop: other training images of it validate",
     )
     p.add_argument("--data-path", type=path_arg, default="data", help="with --calibration-dataset (default ./data)")
     p.add_argument("--calibration-images", type=positive_int, default=512, help="int8 calibration images (default 512)")
@@ -152,7 +154,12 @@ def _calibration(args, size) -> tuple[list | None, list | None]:
 
     from ..data import build_datasets
 
-    train_ds, _, _ = build_datasets(args.calibration_dataset, args.data_path, image_size=size[1], in_chans=size[0])
+    train_ds, test_ds, _ = build_datasets(
+        args.calibration_dataset, args.data_path, image_size=size[1], in_chans=size[0]
+    )
+    # training images through the test transforms: no random crops or flips in statistics or accuracy
+    train_ds = copy.copy(train_ds)
+    train_ds.transform = test_ds.transform
     order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0)).tolist()
     n = min(args.calibration_images, len(train_ds))
     batch = max(args.batch, 32)
