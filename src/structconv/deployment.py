@@ -469,10 +469,11 @@ def _guard_accuracy(top1, groups: dict[str, list[str]], dense: set[str], accurac
     """The layers to recompose so that the artifact loses at most ``max_drop`` points.
 
     ``top1(dense_set)`` measures the artifact with ``dense_set`` recomposed.  Each decomposed
-    group is measured recomposed alone (one build each), then the groups are recomposed in the
-    order of the accuracy that gave, re-measured after each, until the drop is within bounds;
-    ``accuracy["steps"]`` records every measurement.  Greedy, as NNCF's accuracy control is:
-    2 G builds at most for G groups, where the best subset would take 2^G."""
+    group is measured recomposed alone (one build each); those that help alone are recomposed in
+    the order of the accuracy that gave, re-measured after each (a step that lowers accuracy is
+    undone), until the drop is within bounds; ``accuracy["steps"]`` records every measurement.
+    Greedy, as NNCF's accuracy control is: 2 G builds at most for G groups, where the best
+    subset would take 2^G."""
     reference = accuracy["reference"]
     current = top1(dense)
     accuracy["steps"].append({"recomposed_groups": [], "accuracy": current})
