@@ -43,6 +43,17 @@ def accuracy(run, loader) -> float:
     return 100.0 * correct / total
 
 
+def calibration_and_validation(train_ds, calibration_images: int, validation_images: int = 0, batch: int = 250):
+    """The int8 benchmarks' images, from one seeded permutation of the training set:
+    ``calibration_images`` input batches for quantization statistics, then ``validation_images``
+    other ``(inputs, targets)`` batches for accuracy control (disjoint; never the test set)."""
+    order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0)).tolist()
+    n = calibration_images
+    calib = [x for x, _ in DataLoader(Subset(train_ds, order[:n]), batch_size=batch)]
+    validation = list(DataLoader(Subset(train_ds, order[n : n + validation_images]), batch_size=batch))
+    return calib, validation
+
+
 def struct_a_from_teacher(seed: int, train_ds, info, steps: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Teacher ``seed`` and the Struct-A model built from it by the documented recipe
     (``finetune_from_dense`` at ratio 2, ``steps`` distilled steps), both BatchNorm-folded for
@@ -72,8 +83,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     train_ds, test_ds, info = build_datasets("fashion-mnist", args.data_path, seed=0)
     test = DataLoader(test_ds, batch_size=args.batch)
-    calib_idx = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0))[: args.calibration_images]
-    calib = [x for x, _ in DataLoader(Subset(train_ds, calib_idx.tolist()), batch_size=args.batch)]
+    calib, _ = calibration_and_validation(train_ds, args.calibration_images, batch=args.batch)
     example = calib[0]
     rows = []
     for seed in args.seeds.split(","):

@@ -18,8 +18,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from int8_accuracy import accuracy, struct_a_from_teacher  # the same recipe (run from benchmarks/)
-from torch.utils.data import DataLoader, Subset
+
+# the same recipe, run from benchmarks/
+from int8_accuracy import accuracy, calibration_and_validation, struct_a_from_teacher
+from torch.utils.data import DataLoader
 
 import structconv as sc
 from structconv._io import atomic_write_json
@@ -45,10 +47,7 @@ def main() -> None:
         raise SystemExit(f"{args.json} exists; pass --overwrite to replace it")
     torch.set_num_threads(args.threads)
     train_ds, test_ds, info = build_datasets("fashion-mnist", args.data_path, seed=0)
-    order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0)).tolist()
-    n = args.calibration_images
-    calib = [x for x, _ in DataLoader(Subset(train_ds, order[:n]), batch_size=250)]  # int8_accuracy.py's
-    validation = list(DataLoader(Subset(train_ds, order[n : n + args.validation_images]), batch_size=250))
+    calib, validation = calibration_and_validation(train_ds, args.calibration_images, args.validation_images)
     test_images, test_labels = next(iter(DataLoader(test_ds, batch_size=len(test_ds))))
     rows = []
     for seed in map(int, args.seeds.split(",")):

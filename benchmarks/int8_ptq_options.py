@@ -34,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from int8_accuracy import struct_a_from_teacher  # the same recipe, one place (run from benchmarks/)
-from torch.utils.data import DataLoader, Subset
+
+# one recipe, one place; run from benchmarks/
+from int8_accuracy import calibration_and_validation, struct_a_from_teacher
+from torch.utils.data import DataLoader
 
 from structconv._io import atomic_write_json
 from structconv.autotune import tunable
@@ -161,11 +163,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     train_ds, test_ds, info = build_datasets("fashion-mnist", args.data_path, seed=0)
     test = DataLoader(test_ds, batch_size=250)
-    order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(0)).tolist()
-    calib_idx = order[: args.calibration_images]  # the same images as int8_accuracy.py
-    valid_idx = order[args.calibration_images : args.calibration_images + args.validation_images]
-    calib = [x.numpy() for x, _ in DataLoader(Subset(train_ds, calib_idx), batch_size=250)]
-    validation = [(x.numpy(), y.numpy()) for x, y in DataLoader(Subset(train_ds, valid_idx), batch_size=250)]
+    calib, validation = calibration_and_validation(train_ds, args.calibration_images, args.validation_images)
+    calib = [x.numpy() for x in calib]  # NNCF's OpenVINO backend takes arrays
+    validation = [(x.numpy(), y.numpy()) for x, y in validation]
     example = torch.from_numpy(calib[0])
     timing_input = np.ascontiguousarray(calib[0][: args.time_batch])
     core = ov.Core()

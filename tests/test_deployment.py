@@ -133,9 +133,10 @@ def test_whole_model_check_never_ships_a_model_measured_slower(monkeypatch):
     assert d.whole_model["choice"] == "all_dense" and d.whole_model["speedup"] == 1.0
 
 
-def _requantizing_runtime(monkeypatch):
-    """A runtime in which decomposed layers are fast but round their pooled sums onto a coarse
-    grid (the int8 requantization, exaggerated) and recomposed layers are exact but slow."""
+def _requantizing_runtime(monkeypatch, slow="recomposed"):
+    """A runtime in which decomposed layers round their pooled sums onto a coarse grid (the int8
+    requantization, exaggerated) and recomposed layers are exact; the ``slow`` form costs 5 ms
+    per layer.  Returns the list of models it built."""
     import time
 
     from structconv.layers import DecomposedConvNd, DecomposedLayer
@@ -144,15 +145,19 @@ def _requantizing_runtime(monkeypatch):
         step = 0.5 * out.abs().amax()
         return torch.round(out / step) * step
 
+    built = []
+
     def build(model, example, precision, threads, calibration=None):
+        built.append(model)
         n_decomposed = 0
         for m in model.modules():
             if isinstance(m, DecomposedConvNd):
                 m.pool.register_forward_hook(coarse)
             n_decomposed += isinstance(m, DecomposedLayer)
+        n_slow = max(0, 3 - n_decomposed) if slow == "recomposed" else n_decomposed  # of the 3 layers
 
         def run(x):
-            time.sleep(0.005 * max(0, 3 - n_decomposed))  # each of the 3 layers recomposed costs 5 ms
+            time.sleep(0.005 * n_slow)
             with torch.no_grad():
                 return model(x)
 
@@ -160,6 +165,7 @@ def _requantizing_runtime(monkeypatch):
 
     fake = runtimes.Runtime("requant", "test", ("int8",), ("torch",), "deploy", build, lambda *a: [], ".x")
     monkeypatch.setitem(runtimes.RUNTIMES, "requant", fake)
+    return built
 
 
 def _discriminating(seed=0):
@@ -196,6 +202,7 @@ def test_accuracy_guard_recomposes_layers_until_the_artifact_is_within_the_allow
     assert a["met"] and a["drop"] <= 5.0 and a["deployed"] > unguarded.accuracy["deployed"]
     reverted = [d for d in guarded.layers if d.reason == "accuracy"]
     assert reverted and all(d.choice == "dense" for d in reverted)
+    assert guarded.whole_model["before_guard"]["guard"] == "ran"  # it was faster than all-dense
     assert a["steps"][0]["accuracy"] == unguarded.accuracy["deployed"]
     assert "for accuracy" in str(guarded) and "validation images" in str(guarded)
     # the recorded accuracy is the shipped artifact's, measured again here
@@ -205,6 +212,29 @@ def test_accuracy_guard_recomposes_layers_until_the_artifact_is_within_the_allow
     padded = torch.cat([images, images.new_zeros(2, 3, 16, 16)])
     preds = torch.cat([shipped(padded[i : i + 5]) for i in range(0, 100, 5)])[:98].argmax(1)
     assert a["deployed"] == pytest.approx(100.0 * (preds == labels).float().mean().item())
+
+
+def test_accuracy_guard_is_skipped_when_the_artifact_is_not_faster_than_all_dense(monkeypatch):
+    # decomposed layers that lose accuracy and are slow too: all-dense ships whatever the guard
+    # would recompose, so it must not spend its one build per group
+    built = _requantizing_runtime(monkeypatch, slow="decomposed")
+    model = _discriminating()
+    x, data = torch.randn(5, 3, 16, 16), _self_labelled(model, n=40)
+    d = deploy(
+        model, x, runtime="requant", precision="int8", threads=1, rounds=3, whole_model_rounds=3,
+        validation=data, max_accuracy_drop=5.0, search=False,
+    )  # fmt: skip
+    assert all(layer.choice == "dense" and layer.reason is None for layer in d.layers)
+    assert d.whole_model["choice"] == "all_dense"
+    before = d.whole_model["before_guard"]
+    assert before["guard"] == "skipped" and before["per_layer_speedup"] < 1.0
+    assert any("skipped" in step for step in d.accuracy["steps"])
+    assert not any("recomposed_alone" in step for step in d.accuracy["steps"])
+    assert d.accuracy["met"] and d.accuracy["deployed"] == 100.0  # the exact dense form ships
+    assert "guard was skipped" in str(d)
+    # builds: the decomposed artifact's accuracy, the speed check's two, the whole-model check's
+    # one and the shipped artifact's: none per group
+    assert len(built) <= 5
 
 
 def test_accuracy_guard_refuses_bad_validation_in_one_line():

@@ -150,6 +150,12 @@ class Deployment:
                     )
                 )
             )
+            before = w.get("before_guard") or {}
+            if before.get("guard") == "skipped":
+                tail.append(
+                    f"the accuracy guard was skipped: before it, the per-layer result ran at "
+                    f"{before['per_layer_speedup']:.2f}x the all-dense model, and recomposing only moves it toward that"
+                )
         if self.rel_error is not None:
             tail.append(f"output vs PyTorch float32: relative error {self.rel_error:.2e}")
         if self.accuracy:
@@ -256,8 +262,10 @@ def deploy(
     0.5 = half a point; NNCF's ``max_drop`` is on the metric's own scale), an accuracy guard
     runs between steps 2 and 3, as NNCF's ``quantize_with_accuracy_control`` does for
     quantizers: while the artifact loses more than that, the group of decomposed layers whose
-    recomposition recovers most (each measured in the runtime) runs recomposed.  It exists for
-    int8: a decomposed layer requantizes its pooled sums, a sum of k inputs on a per-tensor
+    recomposition recovers most (each measured in the runtime) runs recomposed.  When the
+    artifact misses the budget, the guard first times it against the all-dense model, and is
+    skipped (all-dense ships) unless it is faster: recomposing only moves it toward that model.
+    It exists for int8: a decomposed layer requantizes its pooled sums, a sum of k inputs on a per-tensor
     int8 grid about k times coarser, while its recomposed form quantizes only the input
     (BENCHMARKS.md, "int8").  Keep the validation images apart from the calibration ones.
 
@@ -368,15 +376,39 @@ def deploy(
         builds.clear()
         reverted: set[str] = set()
         accuracy = None
+        before_guard: dict = {}  # the speed check the guard runs first, when it has to act
         if labelled is not None:
             accuracy = {"images": len(labelled[1]), "reference": _top1(model, *labelled, x.shape[0])}
             accuracy.update(max_drop=max_accuracy_drop, steps=[])
             if max_accuracy_drop is not None:
-                reverted = _guard_accuracy(
+
+                def faster_than_dense() -> bool:
+                    every = set(names)
+                    models = {
+                        "deployed": _with(model, inputs, dense, lowering),
+                        "dense": _with(model, inputs, every, (None, None)),
+                    }
+                    t = _timed(rt, models, x, precision, n_threads, calibration, whole_model_rounds)
+                    ratio = paired_ratio(t["deployed"], t["dense"])
+                    before_guard.update(
+                        per_layer_ms=median_ms(t["deployed"]), dense_ms=median_ms(t["dense"]),
+                        per_layer_speedup=1.0 / ratio, rounds=len(t["deployed"]),
+                    )  # fmt: skip
+                    log(f"before the accuracy guard: {1.0 / ratio:.3f} x the all-dense model")
+                    return ratio < 1.0
+
+                guarded = _guard_accuracy(
                     lambda d: _top1(try_build(d, lowering), *labelled, x.shape[0]),
-                    groups, dense, accuracy, max_accuracy_drop, log,
+                    groups, dense, accuracy, max_accuracy_drop, log, faster_than_dense,
                 )  # fmt: skip
-                dense |= reverted
+                if guarded is None:  # skipped: not faster than all-dense, so all-dense ships
+                    dense = set(names)
+                    before_guard["guard"] = "skipped"
+                else:
+                    reverted = guarded
+                    dense |= reverted
+                    if before_guard:  # the speed check ran: the artifact missed the budget
+                        before_guard["guard"] = "ran"
         deployed = _with(model, inputs, dense, lowering)
         result = Deployment(deployed, runtime, precision, n_threads, tuple(x.shape), calibration=calibration)
         result.lowering = {"channel": lowering[0] or "auto", "spatial": lowering[1] or "auto"}
@@ -399,6 +431,8 @@ def deploy(
                     )
                 )
         _check_whole_model(rt, result, inputs, x, calibration, n_threads, whole_model_rounds)
+        if before_guard:
+            result.whole_model["before_guard"] = before_guard
         check = torch.randn_like(x)
         shipped = rt.build(result.model, x, precision, n_threads, calibration)
         result.rel_error = relative_error(shipped(check).float(), result.model(check).float())
@@ -465,8 +499,13 @@ def _top1(fn, images: Tensor, labels: Tensor, batch: int) -> float | None:
     return 100.0 * correct / len(images)
 
 
-def _guard_accuracy(top1, groups: dict[str, list[str]], dense: set[str], accuracy: dict, max_drop, log) -> set[str]:
-    """The layers to recompose so that the artifact loses at most ``max_drop`` points.
+def _guard_accuracy(
+    top1, groups: dict[str, list[str]], dense: set[str], accuracy: dict, max_drop, log, faster_than_dense
+) -> set[str] | None:
+    """The layers to recompose so that the artifact loses at most ``max_drop`` points; None
+    when the guard is skipped because ``faster_than_dense()`` says the artifact does not beat
+    the all-dense model: recomposing only moves it toward that model, which then ships anyway
+    (the whole-model check), so its 2 G builds would be thrown away.
 
     ``top1(dense_set)`` measures the artifact with ``dense_set`` recomposed.  Each decomposed
     group is measured recomposed alone (one build each); those that help alone are recomposed in
@@ -480,6 +519,10 @@ def _guard_accuracy(top1, groups: dict[str, list[str]], dense: set[str], accurac
     log(f"accuracy guard: PyTorch float32 {reference:.2f} %, artifact {current} %")
     if current is None or _within(reference, current, max_drop):
         return set()
+    if not faster_than_dense():
+        accuracy["steps"].append({"skipped": "not faster than the all-dense model, which ships"})
+        log("accuracy guard: skipped, the artifact is not faster than the all-dense model")
+        return None
     alone = {}
     for key, members in groups.items():
         if not set(members) <= dense:
