@@ -5,8 +5,9 @@ and its speed against the dense int8 model.
 Struct-A is built by the recipe of ``benchmarks/int8_accuracy.py`` (``struct_a_from_teacher``),
 then deployed by ``structconv.deploy`` at int8 with the same 512 calibration images and
 ``--validation-images`` other training images for the guard (never the test set).  ``--search
-off`` skips the per-layer speed search, so every layer starts decomposed and only the guard
-(then the whole-model speed check) recomposes layers: it shows the guard's own steps.
+off`` skips the per-layer speed search, so every layer starts decomposed; the guard first
+times that model against the all-dense one and recomposes layers only where it is faster
+(otherwise all-dense ships), then the whole-model speed check runs.
 
     python benchmarks/int8_guard.py --seeds 0,1,2 --threads 1 --search off \\
         --json benchmarks/results/runtimes/int8_guard.json
