@@ -36,7 +36,10 @@ def test_optimize_is_exact_and_reports_every_layer(tmp_path):
     structured, dec = _decomposed()
     x = torch.randn(2, 3, 8, 8)
     cache = tmp_path / "tune.json"
-    tuned, report = optimize(dec, x, threads=1, cache=cache, repeats=2, warmup=1, min_time_s=0)
+    # The whole-model check is off: it is re-timed on every call (never cached), so on a noisy
+    # machine it may flip the model to all-dense in one run and not in the other; it has its
+    # own test below.
+    tuned, report = optimize(dec, x, threads=1, cache=cache, repeats=2, warmup=1, min_time_s=0, whole_model=False)
     names = [n for n, m in dec.named_modules() if isinstance(m, sc.DecomposedLayer)]
     assert [c.name for c in report.layers] == names
     assert all(c.choice in ("decomposed", "dense") for c in report.layers)
@@ -47,7 +50,7 @@ def test_optimize_is_exact_and_reports_every_layer(tmp_path):
     data = json.loads(cache.read_text())
     assert len(data) == len(names)
     # the second run reads every decision from the cache
-    _, again = optimize(dec, x, threads=1, cache=cache)
+    _, again = optimize(dec, x, threads=1, cache=cache, whole_model=False)
     assert all(c.cached for c in again.layers)
     assert [c.choice for c in again.layers] == [c.choice for c in report.layers]
 
