@@ -32,6 +32,24 @@ def test_fashion_mnist_from_debian_package_files(tmp_path, monkeypatch):
     assert (tmp_path / "root" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 
 
+def test_a_failed_extraction_leaves_no_file_that_passes_for_the_dataset(tmp_path, monkeypatch):
+    # torchvision opens the target before decompressing: a truncated archive (or a second run
+    # reading mid-extraction) used to leave an empty file that the next run took as extracted.
+    debian = make_fashion_mnist_gz(tmp_path / "usr_share")
+    archive = debian / "train-images-idx3-ubyte.gz"
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[: len(whole) // 2])
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    with pytest.raises(EOFError):
+        build_datasets("fashion-mnist", tmp_path / "root")
+    assert not (raw / "train-images-idx3-ubyte").exists()
+    assert [p.name for p in raw.iterdir() if p.name.startswith(".")] == []
+    archive.write_bytes(whole)  # the package repaired: the next run extracts it and reads it
+    train, _, _ = build_datasets("fashion-mnist", tmp_path / "root")
+    assert len(train) == 64
+
+
 def test_channel_and_size_conversion_needs_no_model_code(tmp_path, cifar_root):
     train, _, info = build_datasets("fashion-mnist", make_fashion_mnist(tmp_path, 8, 8), in_chans=3, image_size=32)
     assert info.input_size == (3, 32, 32) and train[0][0].shape == (3, 32, 32)

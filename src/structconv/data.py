@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,14 @@ def _fashion_mnist_raw(root: Path, download: bool) -> bool:
         return False
     raw.mkdir(parents=True, exist_ok=True)
     for n in names:
-        if not (raw / Path(n).stem).is_file():
-            extract_archive(str(DEBIAN_FASHION_MNIST / n), str(raw))
+        target = raw / Path(n).stem
+        if not target.is_file():
+            # Extract beside the target, then rename: a concurrent run (two studies started at
+            # once) or a killed one never sees, or leaves, a half-written file that would pass
+            # the is_file() check above and fail later inside torchvision.
+            with tempfile.TemporaryDirectory(dir=raw, prefix=".extract-") as tmp:
+                extract_archive(str(DEBIAN_FASHION_MNIST / n), tmp)
+                os.replace(Path(tmp) / target.name, target)
     return True
 
 
