@@ -5,6 +5,9 @@ Runs each ``--modes`` x ``--seeds`` one at a time, in the order given (mode firs
 seed, so a partial study still pairs the two), each in ``ROOT/<arch>_<mode>_<struct>_e<epochs>_s<seed>``.
 A finished run is kept, a killed one resumes (``structconv train --resume auto``).  ``--commit DIR``
 copies each finished run's ``results.json`` to ``DIR/<name>.json`` (the weights stay in ROOT).
+A run stopped by SIGTERM/SIGINT also leaves its checkpoint in ``DIR/in_progress/<name>.pth``
+(about 2 MB, meant to be committed): ROOT is not kept across checkouts, and a run takes 1-1.5 h
+at one thread, so the next session continues it from there instead of from step 0.
 Recipes: SR at the teachers' learning rate (0.1, normalized SR, last 5 % projected); direct
 with the architecture's own init at lr 0.05, the settings the recipe screen found better.
 
@@ -18,7 +21,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from structconv.training import TrainConfig, train
+from structconv.training import RunInterrupted, TrainConfig, train
 
 RECIPES = {"sr": {"lr": 0.1}, "direct": {"lr": 0.05, "direct_init": "own"}}
 
@@ -46,15 +49,28 @@ def main() -> None:
             out = Path(args.root) / name
             if args.commit and (Path(args.commit) / f"{name}.json").exists():
                 continue  # finished in an earlier session; its results are committed
+            carried = Path(args.commit) / "in_progress" / f"{name}.pth" if args.commit else None
             if not (out / "results.json").exists():
+                if carried is not None and carried.exists() and not (out / "checkpoint.pth").exists():
+                    out.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(carried, out / "checkpoint.pth")
                 resume = "auto" if (out / "checkpoint.pth").exists() else None
                 print(f"== {name}" + (" (resuming)" if resume else ""), flush=True)
-                train(TrainConfig(arch=args.arch, mode=mode, struct=args.struct, epochs=args.epochs, seed=seed,
-                                  threads=args.threads, data_path=args.data_path, output_dir=str(out),
-                                  resume=resume, no_progress=True, print_freq=200, **RECIPES[mode]))  # fmt: skip
+                try:
+                    train(TrainConfig(arch=args.arch, mode=mode, struct=args.struct, epochs=args.epochs, seed=seed,
+                                      threads=args.threads, data_path=args.data_path, output_dir=str(out),
+                                      resume=resume, no_progress=True, print_freq=200, **RECIPES[mode]))  # fmt: skip
+                except RunInterrupted:
+                    if carried is not None:
+                        carried.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(out / "checkpoint.pth", carried)
+                        print(f"== {name} stopped; its checkpoint is in {carried}", flush=True)
+                    raise SystemExit(1)
             if args.commit:
                 Path(args.commit).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(out / "results.json", Path(args.commit) / f"{name}.json")
+                if carried is not None:
+                    carried.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
