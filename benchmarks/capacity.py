@@ -9,7 +9,8 @@ A run stopped by SIGTERM/SIGINT also leaves its checkpoint in ``DIR/in_progress/
 (about 2 MB, meant to be committed): ROOT is not kept across checkouts, and a run takes 1-1.5 h
 at one thread, so the next session continues it from there instead of from step 0.
 Recipes: SR at the teachers' learning rate (0.1, normalized SR, last 5 % projected); direct
-with the architecture's own init at lr 0.05, the settings the recipe screen found better.
+with the architecture's own init at lr 0.05, the settings the recipe screen found better;
+``direct_default``, direct with the library's defaults (projected default init, lr 0.1).
 
     python benchmarks/capacity.py --modes sr,direct --seeds 0,1,2 --struct A --epochs 30 \
         --threads 1 --root runs/capacity --commit benchmarks/results/capacity
@@ -23,7 +24,12 @@ from pathlib import Path
 
 from structconv.training import RunInterrupted, TrainConfig, train
 
-RECIPES = {"sr": {"lr": 0.1}, "direct": {"lr": 0.05, "direct_init": "own"}}
+RECIPES = {
+    "sr": {"mode": "sr", "lr": 0.1},
+    "direct": {"mode": "direct", "lr": 0.05, "direct_init": "own"},
+    # the library's defaults for --mode direct: the other arm of issue 16's "make whatever wins the default"
+    "direct_default": {"mode": "direct", "lr": 0.1, "direct_init": "default"},
+}
 
 
 def main() -> None:
@@ -57,7 +63,7 @@ def main() -> None:
                 resume = "auto" if (out / "checkpoint.pth").exists() else None
                 print(f"== {name}" + (" (resuming)" if resume else ""), flush=True)
                 try:
-                    train(TrainConfig(arch=args.arch, mode=mode, struct=args.struct, epochs=args.epochs, seed=seed,
+                    train(TrainConfig(arch=args.arch, struct=args.struct, epochs=args.epochs, seed=seed,
                                       threads=args.threads, data_path=args.data_path, output_dir=str(out),
                                       resume=resume, no_progress=True, print_freq=200, **RECIPES[mode]))  # fmt: skip
                 except RunInterrupted:
