@@ -2,21 +2,20 @@
 measurement that decides whether the pool's memory pass can be removed by graph rewrites or
 only by a fused kernel.
 
-Each candidate is a small block (a stem convolution + ReLU, then the layer under test) exported
-through structconv's ONNX path, converted, quantized by NNCF for int8, compiled for the CPU,
-and read back as OpenVINO's *executed* graph (``get_runtime_model``): every executed node lists
+Each candidate is a small block (a stem convolution + ReLU, then the layer under test) compiled
+the way the ``openvino`` runtime target deploys it (``structconv.runtimes.compile_openvino``:
+ONNX export, NNCF int8 on random calibration batches, the precision's hint, 1 thread) and read
+back as OpenVINO's *executed* graph (``get_runtime_model``): every executed node lists
 the original operations fused into it.  A pool is "fused" when its operations run inside a node
 that also runs a convolution that is not a pool.  No timings: what is printed is structure.
 
     python benchmarks/openvino_fusion_probe.py --precisions fp32,bf16,int8 \
-        --json benchmarks/results/runtimes/openvino_fusion_probe.json
+        --json benchmarks/results/runtimes/openvino_fusion_probe_epyc.json
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
-import warnings
 from pathlib import Path
 
 import openvino as ov
@@ -25,12 +24,10 @@ from torch import nn
 
 import structconv as sc
 from structconv._io import atomic_write_json
-from structconv.export import export_model
 from structconv.layers import set_sum_pool_backends
-from structconv.runtimes import cpu_flags, cpu_name
+from structconv.runtimes import compile_openvino, cpu_flags, cpu_name
 
 C, HW, BATCH = 64, 16, 8
-_HINT = {"fp32": "f32", "bf16": "bf16"}
 
 
 class Block(nn.Module):
@@ -94,22 +91,10 @@ def candidates() -> dict[str, nn.Module]:
     }
 
 
-def executed_nodes(model: nn.Module, precision: str, workdir: Path, name: str) -> list[dict]:
+def executed_nodes(model: nn.Module, precision: str) -> list[dict]:
     x = torch.randn(BATCH, C, HW, HW)
-    export_model(model, (C, HW, HW), workdir, name=name, formats=("onnx",), batch=BATCH, fold_bn=False,
-                 overwrite=True)  # fmt: skip
-    converted = ov.convert_model(str(workdir / f"{name}.onnx"))
-    if precision == "int8":
-        import nncf
-
-        data = [torch.randn(BATCH, C, HW, HW).numpy() for _ in range(4)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            converted = nncf.quantize(converted, nncf.Dataset(data), subset_size=len(data))
-    config = {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
-    if precision in _HINT:
-        config["INFERENCE_PRECISION_HINT"] = _HINT[precision]
-    compiled = ov.Core().compile_model(converted, "CPU", config)
+    calibration = [torch.randn(BATCH, C, HW, HW) for _ in range(4)]
+    compiled = compile_openvino(model, x, precision, threads=1, calibration=calibration)
     compiled.create_infer_request().infer({0: x.numpy()})
     nodes = []
     for op in compiled.get_runtime_model().get_ordered_ops():
@@ -154,17 +139,16 @@ def main() -> None:
           f"OpenVINO {ov.get_version()}; block: stem conv, then the layer, "
           f"{C} channels, {HW}x{HW}, batch {BATCH}")  # fmt: skip
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, model) in enumerate(candidates().items()):
-            for precision in precisions:
-                nodes = executed_nodes(model, precision, Path(tmp), f"m{i}_{precision}")
-                row = {"candidate": label, "precision": precision, **summarize(nodes), "nodes": nodes}
-                results.append(row)
-                verdict = "fused" if row["pool_fused_into_a_conv"] else f"{row['pool_nodes']} node(s) of its own"
-                if not row["pool_nodes"]:
-                    verdict = "no pool"
-                print(f"{label:50s} {precision:5s} nodes {row['executed_nodes']:2d}  pool: {verdict} "
-                      f"{' '.join(row['pool_node_types'])}", flush=True)  # fmt: skip
+    for label, model in candidates().items():
+        for precision in precisions:
+            nodes = executed_nodes(model, precision)
+            row = {"candidate": label, "precision": precision, **summarize(nodes), "nodes": nodes}
+            results.append(row)
+            verdict = "fused" if row["pool_fused_into_a_conv"] else f"{row['pool_nodes']} node(s) of its own"
+            if not row["pool_nodes"]:
+                verdict = "no pool"
+            print(f"{label:50s} {precision:5s} nodes {row['executed_nodes']:2d}  pool: {verdict} "
+                  f"{' '.join(row['pool_node_types'])}", flush=True)  # fmt: skip
     if args.json:
         atomic_write_json(
             {"cpu": cpu_name(), "flags": sorted(flags), "openvino": ov.get_version(), "results": results}, args.json

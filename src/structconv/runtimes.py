@@ -43,6 +43,7 @@ __all__ = [
     "register_runtime",
     "get_runtime",
     "check_target",
+    "compile_openvino",
     "cpu_flags",
     "RuntimeUnavailable",
 ]
@@ -430,13 +431,21 @@ def _ov_config(precision: str, threads: int | None) -> dict:
     return config  # int8: the quantized graph decides; the rest runs in the CPU's default
 
 
-def _build_openvino(model, example, precision, threads, calibration=None) -> Compiled:
+def compile_openvino(model: nn.Module, example: Tensor, precision: str, threads: int | None = None,
+                     calibration: Sequence[Tensor] | None = None):  # fmt: skip
+    """The ``openvino.CompiledModel`` the ``openvino`` runtime runs for ``model``: exported
+    through ONNX, NNCF-quantized for int8 (on ``calibration``, else ``example``), compiled for
+    the CPU with ``threads`` and ``precision``'s inference hint.  Public so that a study of what
+    OpenVINO made of the model (its executed graph, its profiler) reads the deployed form."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(
+    return ov.Core().compile_model(
         _ov_model(model, example, precision, calibration), "CPU", _ov_config(precision, threads)
     )
-    request = compiled.create_infer_request()
+
+
+def _build_openvino(model, example, precision, threads, calibration=None) -> Compiled:
+    request = compile_openvino(model, example, precision, threads, calibration).create_infer_request()
 
     def run(x: Tensor) -> Tensor:
         return torch.from_numpy(np.array(request.infer({0: _to_numpy(x)})[0]))
