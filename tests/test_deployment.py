@@ -195,8 +195,9 @@ def test_accuracy_guard_recomposes_layers_until_the_artifact_is_within_the_allow
     # search=False: the lowering search times forms that tie here (both 0 ms), so each run would
     # adopt a coin-flip lowering whose summation order can flip a coarse prediction, and the two
     # runs compared below would not measure the same artifact.
-    kw = dict(runtime="requant", precision="int8", threads=1, rounds=3, whole_model_rounds=3, search=False)
-    kw.update(validation=data)
+    kw = dict(
+        runtime="requant", precision="int8", threads=1, rounds=3, whole_model_rounds=3, search=False, validation=data
+    )
     unguarded = deploy(model, x, **kw)
     assert unguarded.accuracy["reference"] == 100.0 and unguarded.accuracy["met"] is None
     assert unguarded.accuracy["drop"] > 5  # the coarse pooled sums cost accuracy: something to guard
